@@ -1,0 +1,1 @@
+"""Field-protocol drivers and the driver API (see ``drivers.api``)."""

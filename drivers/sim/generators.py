@@ -1,0 +1,45 @@
+"""Synthetic point generators: pure functions of a tick, no I/O."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from drivers.api import Value
+
+
+@dataclass
+class Generator:
+    point: str
+    unit: str | None
+    kind: str
+    phase: float
+    state: float
+
+    def sample(self, tick: int, rng: random.Random, decimals: int) -> Value:
+        if self.kind == "counter":
+            self.state += rng.randint(0, 3)
+            return int(self.state)
+        if self.kind == "sine":
+            return round(230.0 + 10.0 * math.sin(self.phase + tick / 60.0), decimals)
+        if self.kind == "walk":
+            self.state = min(60.0, max(-30.0, self.state + rng.uniform(-0.1, 0.1)))
+            return round(self.state, decimals)
+        if rng.random() < 0.01:
+            self.state = 1.0 - self.state
+        return self.state >= 0.5
+
+
+def build(instance: str, devices: int, counts: dict[str, int], rng: random.Random) -> list[Generator]:
+    units = {"counter": ("energy", "Wh"), "sine": ("voltage", "V"),
+             "walk": ("temperature", "Cel"), "switch": ("door_open", None)}
+    gens: list[Generator] = []
+    for d in range(devices):
+        for kind, n in counts.items():
+            stem, unit = units[kind]
+            for j in range(n):
+                name = f"{instance}/dev-{d:03d}/{stem}" + (f"_{j}" if n > 1 else "")
+                start = 15.0 + rng.uniform(-5, 5) if kind == "walk" else 0.0
+                gens.append(Generator(name, unit, kind, rng.uniform(0, 6.28), start))
+    return gens

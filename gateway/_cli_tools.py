@@ -1,0 +1,152 @@
+"""CLI commands around the core: verify, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="verify signed batches from files or a broker; print SenML")
+    p.add_argument("--key", action="append", default=[], metavar="PUB.pem",
+                   help="a gateway public key (repeatable)")
+    p.add_argument("--keys", metavar="DIR", help="directory of *.pem public keys (registrar)")
+    p.add_argument("--broker", metavar="HOST:PORT", help="subscribe instead of reading files")
+    p.add_argument("--topic", default="streetgate/+/batch")
+    p.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
+    p.add_argument("--quiet", action="store_true", help="no SenML, only the summary")
+    p.add_argument("files", nargs="*", help="message files or directories of them")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="simulated devices through a private broker, verified")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--outage", type=float, default=None,
+                   help="seconds the broker is cut midway (default 3 when --seconds >= 12)")
+    p.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    p.add_argument("--save-batches", metavar="DIR", type=Path)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="throughput, bytes per reading, CPU and memory")
+    p.add_argument("--readings", type=int, default=1_000_000)
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--modbus", action="store_true", help="also bench the Modbus driver")
+    p.set_defaults(func=cmd_bench)
+
+
+def _load_keys(args: argparse.Namespace) -> dict[bytes, Any]:
+    from gateway.cose import kid_for  # noqa: PLC0415
+    from provisioning.keys import load_public_key  # noqa: PLC0415
+
+    paths = [Path(k) for k in args.key]
+    if args.keys:
+        paths += sorted(Path(args.keys).glob("*.pem"))
+    keys = {}
+    for path in paths:
+        pub = load_public_key(path)
+        keys[kid_for(pub)] = pub
+    return keys
+
+
+def _message_files(items: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(x for x in p.iterdir() if x.is_file() and x.suffix != ".pem")
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.senml import senml_records  # noqa: PLC0415
+    from gateway.verify import Verifier  # noqa: PLC0415
+
+    keys = _load_keys(args)
+    if not keys:
+        print("streetgate verify: give at least one --key or --keys DIR", file=sys.stderr)
+        return 2
+    verifier = Verifier(keys)
+    rejected = 0
+
+    def handle(name: str, payload: bytes) -> None:
+        nonlocal rejected
+        res = verifier.feed(payload)
+        if res.status != "ok":
+            rejected += 1
+            print(f"{name}: rejected: {res.status}", file=sys.stderr)
+            return
+        if not args.quiet:
+            for rec in senml_records(res.gateway_id, [r for _s, r in res.readings]):
+                print(json.dumps(rec, separators=(",", ":")))
+
+    if args.broker:
+        _verify_broker(args, handle)
+    else:
+        for path in _message_files(args.files):
+            handle(str(path), path.read_bytes())
+    print(json.dumps({"verify": verifier.stats}), file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def _verify_broker(args: argparse.Namespace, handle: Any) -> None:
+    from gateway.subscriber import BatchSubscriber  # noqa: PLC0415
+
+    host, _, port = args.broker.rpartition(":")
+    sub = BatchSubscriber(host or "127.0.0.1", int(port), args.topic)
+    sub.start()
+    seen = 0
+    try:
+        while not args.count or seen < args.count:
+            topic, payload = sub.messages.get()
+            seen += 1
+            handle(topic, payload)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.broker import BrokerError  # noqa: PLC0415
+    from gateway.demo import run_demo  # noqa: PLC0415
+
+    out = None if args.json else sys.stdout
+    try:
+        summary = asyncio.run(run_demo(args.seconds, outage=args.outage,
+                                       save_dir=args.save_batches, out=out))
+    except BrokerError as exc:
+        print(f"streetgate demo: {exc}", file=sys.stderr)
+        return 1
+    data = summary.as_dict()
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print("\nsummary:")
+        for k, v in data.items():
+            print(f"  {k:<24} {v}")
+        if args.save_batches:
+            print(f"  batches and public.pem saved in {args.save_batches}")
+    return 0 if summary.lost == 0 and summary.rejected == 0 else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import run_bench  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    result = run_bench(readings=args.readings, points=args.points, modbus=args.modbus)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:<28} {v}")
+        print(f"(bench took {time.monotonic() - t0:.1f}s)")
+    return 0

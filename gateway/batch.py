@@ -1,0 +1,296 @@
+"""The batch: the CBOR payload of one signed message, readings grouped per point.
+
+docs/wire-format.md is the specification (CDDL, encoding rules, examples); this module is
+its reference encoder and a strict decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby, repeat
+from operator import itemgetter, mul, sub, truediv
+from typing import Any
+
+import cbor2
+
+from buffer.types import Gap, Row
+from drivers.api import Value
+from gateway._wire import (
+    _GOOD,
+    _POW10,
+    _QUALITIES,
+    _UINT_END,
+    _VALUE_TYPES,
+    CORE_KEYS,
+    DECIMAL,
+    FORMAT_VERSION,
+    INT_DELTA,
+    K_BATCH_SEQ,
+    K_EPOCH,
+    K_FIRST_SEQ,
+    K_GAPS,
+    K_GATEWAY,
+    K_LAST_SEQ,
+    K_SERIES,
+    K_T0,
+    K_VERSION,
+    MAX_READINGS,
+    OPT_BAD_VALUES,
+    OPT_QUALITY,
+    PLAIN,
+    Batch,
+    BatchFormatError,
+    decode,
+)
+from gateway.cose import strict_loads
+
+__all__ = ["FORMAT_VERSION", "MAX_READINGS", "Batch", "BatchFormatError", "decode_batch",
+           "encode_batch"]
+
+# ---------------------------------------------------------------- encoding
+
+
+def _isize(v: int) -> int:
+    """Bytes of a CBOR integer (RFC 8949 §3.1; bignums §3.4.3)."""
+    n = v if v >= 0 else -1 - v
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9 if n < _UINT_END else 3 + (n.bit_length() + 7) // 8
+
+
+def _rle(deltas: Sequence[int]) -> list[Any]:
+    """Delta items: each a delta, or ``[count, delta]`` for a run where that is shorter."""
+    out: list[Any] = []
+    for d, group in groupby(deltas):
+        k = len(list(group))
+        if k == 1:
+            out.append(d)
+        elif k >= 3 and k * _isize(d) > 1 + _isize(k) + _isize(d):
+            out.append([k, d])
+        else:
+            out.extend(repeat(d, k))
+    return out
+
+
+def _same(v: Value) -> tuple[type, Any]:
+    # Runs must not merge True with 1, 1 with 1.0, or 0.0 with -0.0.
+    return (float, v.hex()) if type(v) is float else (type(v), v)  # type: ignore[union-attr]
+
+
+def _plain_items(values: Sequence[Value]) -> list[Any]:
+    """Native values; ``[count, value]`` for a run of 3+ (or 2 strings) equal values."""
+    out: list[Any] = []
+    for _key, group in groupby(values, key=_same):
+        run = list(group)
+        v = run[0]
+        if len(run) >= 3 or (len(run) == 2 and isinstance(v, str | bytes) and len(v) > 1):
+            out.append([len(run), v])
+        else:
+            out.extend(run)
+    return out
+
+
+def _places(v: float) -> int | None:
+    """Fewest decimals k with ``round(v * 10**k) / 10**k == v``; None when there is none."""
+    try:
+        for k, scale in enumerate(_POW10):
+            if round(v * scale) / scale == v:
+                return k
+    except (ValueError, OverflowError):  # NaN, infinities
+        return None
+    return None
+
+
+def _decimal_column(values: tuple[float, ...]) -> list[Any] | None:
+    """``[2, k, m0, *delta items]`` when every value is exactly ``m / 10**k``, else None."""
+    k = _places(values[0])
+    while k is not None:
+        scale = _POW10[k]
+        try:
+            mantissas = list(map(round, map(mul, values, repeat(scale))))
+        except (ValueError, OverflowError):
+            return None
+        if tuple(map(truediv, mantissas, repeat(scale))) == values:
+            break
+        needs = [_places(v) for v, m in zip(values, mantissas, strict=True) if m / scale != v]
+        if None in needs:
+            return None
+        k = max(n for n in needs if n is not None)
+    else:
+        return None
+    if max(mantissas) > _MAX_MANTISSA or min(mantissas) < -_MAX_MANTISSA:
+        return None
+    if 0.0 in values and any(math.copysign(1.0, v) < 0 for v in values if v == 0):
+        return None  # -0.0 would come back as 0.0
+    return [DECIMAL, k, mantissas[0], *_rle(list(map(sub, mantissas[1:], mantissas[:-1])))]
+
+
+def _value_column(values: tuple[Value, ...]) -> list[Any]:
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        ints: tuple[int, ...] = values  # type: ignore[assignment]
+        deltas = list(map(sub, ints[1:], ints[:-1]))
+        if _isize(ints[0]) + sum(map(_isize, deltas)) <= sum(map(_isize, ints)):
+            return [INT_DELTA, ints[0], *_rle(deltas)]
+    elif kinds == {float}:
+        column = _decimal_column(values)  # type: ignore[arg-type]
+        if column is not None:
+            return column
+    elif not kinds <= _VALUE_TYPES:
+        raise ValueError(f"values must be bool, int, float, str, bytes or None; got "
+                         f"{sorted(t.__name__ for t in kinds - _VALUE_TYPES)}")
+    return [PLAIN, *_plain_items(values)]
+
+
+def _split_quality(quals: tuple[int, ...], values: tuple[Value, ...]) -> tuple[
+        list[list[int]], tuple[Value, ...], list[Value]]:
+    """Quality runs ``[index, code(, count)]``, good values, bad values (in order)."""
+    runs: list[list[int]] = []
+    good: list[Value] = []
+    bad: list[Value] = []
+    i = 0
+    for code, group in groupby(quals):
+        k = len(list(group))
+        if code:
+            if code not in _QUALITIES:
+                raise ValueError(f"quality {code!r} is not a drivers.api.Quality")
+            runs.append([i, code] if k == 1 else [i, code, k])
+            bad.extend(values[i:i + k])
+        else:
+            good.extend(values[i:i + k])
+        i += k
+    return runs, tuple(good), bad
+
+
+class _Encoder:
+    """Builds the series array; holds the string table and the timestamp columns seen."""
+
+    def __init__(self, first_seq: int, t0: int) -> None:
+        self.strings: dict[str, int] = {}
+        self.n_strings = 0
+        self.ts_seen: dict[tuple[int, ...], int] = {}
+        self.prev_first = first_seq
+        self.t0 = t0
+        self.series: list[list[Any]] = []
+
+    def ref(self, s: str) -> str | int:
+        i = self.strings.get(s)
+        if i is not None and _isize(i) <= len(s):
+            return i
+        self.strings.setdefault(s, self.n_strings)
+        self.n_strings += 1
+        return s
+
+    def add(self, point: str, unit: str | None, group: list[Row]) -> None:
+        seqs, _, _, tss, values, quals = zip(*group, strict=True)
+        deltas = list(map(sub, seqs[1:], seqs[:-1]))
+        if deltas and min(deltas) <= 0:
+            group.sort(key=itemgetter(0))
+            seqs, _, _, tss, values, quals = zip(*group, strict=True)
+            deltas = list(map(sub, seqs[1:], seqs[:-1]))
+        if not set(map(type, tss)) <= {int}:
+            raise ValueError(f"point {point!r}: timestamps must be int milliseconds")
+        name = [self.ref(part) for part in point.split("/")]
+        item: list[Any] = [name, None if unit is None else self.ref(unit),
+                           [seqs[0] - self.prev_first, *_rle(deltas)], self._ts(tss)]
+        self.prev_first = seqs[0]
+        if any(quals):
+            runs, values, bad = _split_quality(quals, values)
+            item.append(_value_column(values))
+            options: dict[int, Any] = {OPT_QUALITY: runs}
+            if any(v is not None for v in bad):
+                options[OPT_BAD_VALUES] = _plain_items(bad)
+            item.append(options)
+        else:
+            item.append(_value_column(values))
+        self.series.append(item)
+
+    def _ts(self, tss: tuple[int, ...]) -> int | list[Any]:
+        i = len(self.series)
+        before = self.ts_seen.get(tss)
+        self.ts_seen[tss] = i
+        if before is not None:
+            return i - before  # same timestamps as the series that many places back
+        return [tss[0] - self.t0, *_rle(list(map(sub, tss[1:], tss[:-1])))]
+
+
+def _check_header(gateway_id: str, epoch: int, batch_seq: int,
+                  extra: Mapping[int, Any] | None) -> None:
+    if not isinstance(gateway_id, str) or not gateway_id:
+        raise ValueError("gateway_id must be a non-empty string")
+    for name, v in (("epoch", epoch), ("batch_seq", batch_seq)):
+        if type(v) is not int or not 0 <= v < _UINT_END:
+            raise ValueError(f"{name} must be an unsigned 64-bit int; got {v!r}")
+    for key in extra or ():
+        if type(key) is not int or key in CORE_KEYS:
+            raise ValueError(f"extra key {key!r}: must be an int outside the core keys 0-8")
+
+
+def _group(rows: Sequence[Row]) -> dict[tuple[str, str | None], list[Row]]:
+    groups: dict[tuple[str, str | None], list[Row]] = {}
+    for row in rows:
+        key = row[1], row[2]
+        group = groups.get(key)
+        if group is None:
+            if not isinstance(row[1], str) or not (row[2] is None or isinstance(row[2], str)):
+                raise ValueError(f"row {row!r}: point must be str and unit str or None")
+            groups[key] = [row]
+        else:
+            group.append(row)
+    return groups
+
+
+def _seq_range(rows: Sequence[Row], gaps: Sequence[Gap]) -> tuple[int, int]:
+    seqs = list(map(itemgetter(0), rows))
+    if rows:
+        if not set(map(type, seqs)) <= {int} or min(seqs) < 0:
+            raise ValueError("row seqs must be non-negative ints")
+        if len(set(seqs)) != len(seqs):
+            raise ValueError("row seqs must be unique within a batch")
+    for g in gaps:
+        if not 0 <= g.first_seq <= g.last_seq or g.count < 0:
+            raise ValueError(f"gap {g!r}: expected 0 <= first_seq <= last_seq, count >= 0")
+        seqs += (g.first_seq, g.last_seq)
+    return min(seqs), max(seqs)
+
+
+def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[Row],
+                 gaps: Sequence[Gap] = (), extra: Mapping[int, Any] | None = None) -> bytes:
+    """The CBOR payload for ``rows`` and ``gaps`` (docs/wire-format.md); raises ValueError."""
+    _check_header(gateway_id, epoch, batch_seq, extra)
+    if len(rows) > MAX_READINGS:
+        raise ValueError(f"{len(rows)} readings exceed the {MAX_READINGS} a batch may carry")
+    doc: dict[int, Any] = {K_VERSION: FORMAT_VERSION, K_GATEWAY: gateway_id, K_EPOCH: epoch,
+                           K_BATCH_SEQ: batch_seq}
+    if rows or gaps:
+        doc[K_FIRST_SEQ], doc[K_LAST_SEQ] = _seq_range(rows, gaps)
+    if rows:
+        t0 = min(map(itemgetter(3), rows))
+        encoder = _Encoder(doc[K_FIRST_SEQ], t0)
+        for (point, unit), group in _group(rows).items():
+            encoder.add(point, unit, group)
+        doc[K_T0] = t0
+        doc[K_SERIES] = encoder.series
+    if gaps:
+        doc[K_GAPS] = [[g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, list(g.points),
+                        bool(g.points_truncated)] for g in gaps]
+    doc.update(extra or {})
+    # Canonical mode writes each float in the shortest form that keeps it exact (RFC 8949 §4.2.2).
+    return cbor2.dumps(doc, canonical=True)
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Decode and check a batch payload; raises :class:`BatchFormatError` saying what is wrong."""
+    try:
+        doc = strict_loads(payload, what="batch")
+    except ValueError as exc:
+        raise BatchFormatError(str(exc)) from None
+    return decode(doc)

@@ -1,0 +1,202 @@
+"""The ``streetgate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from drivers.api import ConfigError
+
+__all__ = ["main"]
+
+_CORE = {"run", "check", "key", "buffer", "verify", "demo", "bench", "status", "drivers",
+         "new-driver", "-h", "--help", "--version"}
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="/etc/streetgate/gateway.toml",
+                   help="gateway config file (default: %(default)s)")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    from gateway import __version__  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="streetgate",
+                                     description="street-cabinet gateway agent")
+    parser.add_argument("--version", action="version", version=f"streetgate {__version__}")
+    parser.add_argument("--log-level", default=None,
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run the gateway daemon")
+    _config_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file and print it resolved, secrets masked")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("key", help="the gateway's signing key")
+    ksub = p.add_subparsers(dest="key_command", required=True)
+    kp = ksub.add_parser("public", help="print the public key as PEM")
+    _config_arg(kp)
+    kp.add_argument("--key", help="private key file (instead of the config's)")
+    kp.set_defaults(func=cmd_key_public)
+
+    p = sub.add_parser("buffer", help="inspect the buffer")
+    bsub = p.add_subparsers(dest="buffer_command", required=True)
+    bp = bsub.add_parser("stats", help="depth, oldest reading age, file size, drops")
+    _config_arg(bp)
+    bp.add_argument("--db", help="buffer file (instead of the config's)")
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(func=cmd_buffer_stats)
+
+    p = sub.add_parser("drivers", help="list registered drivers")
+    p.set_defaults(func=cmd_drivers)
+
+    from gateway import _cli_tools  # noqa: PLC0415
+
+    _cli_tools.register(sub)
+    if not argv or argv[0] not in _CORE:
+        _register_plugins(sub)
+    return parser
+
+
+def _register_plugins(sub: Any) -> None:
+    from drivers.registry import load_registry  # noqa: PLC0415
+
+    sim = sub.add_parser("sim", help="run a device simulator").add_subparsers(
+        dest="sim_command", metavar="DRIVER")
+    sim.required = True
+    for name, cls in load_registry().drivers.items():
+        try:
+            cls.register_cli(sim, sub)
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the CLI
+            logging.getLogger("streetgate").warning("driver %s: CLI unavailable: %s", name, exc)
+    try:
+        from provisioning.cli import register_cli  # noqa: PLC0415
+    except ImportError:
+        return
+    register_cli(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    from gateway.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging(args.log_level or "info")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway._toml import dumps  # noqa: PLC0415
+    from gateway.config import load_config, resolved  # noqa: PLC0415
+
+    cfg = load_config(args.file)
+    print(f"# {args.file}: OK ({len(cfg.drivers)} driver instance(s))")
+    print(dumps(resolved(cfg)), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.daemon import Gateway  # noqa: PLC0415
+    from gateway.logs import setup_logging  # noqa: PLC0415
+
+    cfg = load_config(args.config)
+    if args.log_level is None:
+        setup_logging(cfg.gateway.log_level)
+
+    async def go() -> int:
+        gw = Gateway(cfg)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, gw.stop)
+        loop.add_signal_handler(signal.SIGINT, gw.stop)
+        return await gw.run()
+
+    try:
+        return asyncio.run(go())
+    except Exception as exc:  # noqa: BLE001 - top of the process: say it in one line
+        from provisioning.keys import KeyPermissionError  # noqa: PLC0415
+
+        if isinstance(exc, KeyPermissionError | PermissionError | FileNotFoundError):
+            print(f"streetgate: cannot start: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def cmd_key_public(args: argparse.Namespace) -> int:
+    from provisioning.keys import load_or_create_signing_key, public_key_pem  # noqa: PLC0415
+
+    if args.key:
+        path = Path(args.key)
+    else:
+        from gateway.config import load_config  # noqa: PLC0415
+
+        cfg = load_config(args.config)
+        path = cfg.gateway.path(cfg.gateway.signing_key)
+    key = load_or_create_signing_key(path)
+    print(public_key_pem(key.public_key()), end="")
+    return 0
+
+
+def cmd_buffer_stats(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from buffer.store import Store  # noqa: PLC0415
+
+    if args.db:
+        path = Path(args.db)
+    else:
+        from gateway.config import load_config  # noqa: PLC0415
+
+        cfg = load_config(args.config)
+        path = cfg.gateway.path(cfg.buffer.path)
+    if not path.exists():
+        print(f"streetgate: no buffer at {path}", file=sys.stderr)
+        return 1
+    store = Store(path)
+    try:
+        stats = dataclasses.asdict(store.stats())
+    finally:
+        store.close()
+    oldest = stats.get("oldest_ts")
+    stats["oldest_age_s"] = round(time.time() - oldest / 1000, 1) if oldest else None
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    print(f"buffer {path}")
+    for key in ("depth", "oldest_age_s", "file_bytes", "dropped", "gaps_pending", "delivered",
+                "appended", "epoch", "schema_version"):
+        if key in stats:
+            print(f"  {key:<15} {stats[key]}")
+    return 0
+
+
+def cmd_drivers(_args: argparse.Namespace) -> int:
+    from drivers.registry import load_registry  # noqa: PLC0415
+
+    reg = load_registry()
+    for name, cls in reg.drivers.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<16} {cls.__module__}.{cls.__qualname__}  {doc}")
+    for name, why in reg.broken.items():
+        print(f"{name:<16} BROKEN: {why}")
+    return 1 if reg.broken else 0

@@ -1,0 +1,213 @@
+"""The gateway's one TOML file: core sections typed here, driver sections by each driver's schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from drivers.api import ByteSize, ConfigError, ConfigIssue, Duration, dump, load, option
+from drivers.registry import Registry, load_registry
+
+__all__ = [
+    "BufferConfig",
+    "Config",
+    "ConfigError",
+    "DriverInstance",
+    "GatewayConfig",
+    "TlsConfig",
+    "UplinkConfig",
+    "load_config",
+    "resolved",
+]
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    id: str = option(doc="gateway id, used in topics and batches", pattern=_ID)
+    state_dir: str = option("/var/lib/streetgate", doc="keys, buffer and state live here")
+    signing_key: str = option("keys/signing.key", doc="Ed25519 PKCS#8 PEM, relative to state_dir")
+    seed_file: str = option("", doc="first-boot seed file (e.g. /boot/firmware/streetgate-seed.toml)")
+    status_socket: str = option("status.json", doc="status file for `streetgate status`")
+    log_level: Literal["debug", "info", "warning", "error"] = option("info")
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else Path(self.state_dir) / p
+
+
+@dataclass(frozen=True, kw_only=True)
+class BufferConfig:
+    path: str = option("buffer.db", doc="SQLite file, relative to state_dir")
+    max_size: ByteSize = option(ByteSize(256 * 1024 * 1024), minimum=64 * 1024)
+    commit_window: Duration = option(Duration(0.2), minimum=0.001, maximum=60)
+    commit_rows: int = option(5000, minimum=1, maximum=1_000_000)
+    synchronous: Literal["off", "normal", "full"] = option("normal")
+    drop_policy: Literal["oldest", "newest"] = option("oldest")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    enabled: bool = option(False)
+    provisioned: bool = option(False, doc="use the CA, certificate and key from provisioning")
+    ca_file: str = option("")
+    cert_file: str = option("")
+    key_file: str = option("", secret=False)
+    server_name: str = option("", doc="expected broker name when it differs from host")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.enabled and not self.provisioned and not self.ca_file:
+            return [("ca_file", "expected a CA file when tls is enabled and not provisioned; got none")]
+        if bool(self.cert_file) != bool(self.key_file):
+            return [("key_file", "expected cert_file and key_file together; got only one")]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class UplinkConfig:
+    host: str = option("127.0.0.1")
+    port: int = option(1883, minimum=1, maximum=65535)
+    protocol: Literal["mqtt5", "mqtt311"] = option("mqtt5")
+    client_id: str = option("", doc="default: the gateway id")
+    topic_prefix: str = option("streetgate", pattern=r"[^#+\s]+")
+    username: str = option("")
+    password: str = option("", secret=True)
+    keepalive: Duration = option(Duration(30.0), minimum=5, maximum=3600)
+    max_inflight: int = option(8, minimum=1, maximum=1000)
+    batch_max_readings: int = option(5000, minimum=1, maximum=1_000_000)
+    batch_linger: Duration = option(Duration(0.5), minimum=0, maximum=3600,
+                                    doc="wait this long for a fuller batch")
+    max_packet_size: ByteSize = option(ByteSize(256 * 1024), minimum=1024)
+    reconnect_min: Duration = option(Duration(1.0), minimum=0.05)
+    reconnect_max: Duration = option(Duration(60.0), minimum=0.1)
+    status_interval: Duration = option(Duration(60.0), minimum=1)
+    tls: TlsConfig = option(factory=TlsConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriverInstance:
+    driver: str
+    instance: str
+    config: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    file: str
+    gateway: GatewayConfig
+    buffer: BufferConfig
+    uplink: UplinkConfig
+    drivers: list[DriverInstance]
+
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"streetgate-{self.gateway.id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Core:
+    gateway: GatewayConfig
+    buffer: BufferConfig = option(factory=BufferConfig)
+    uplink: UplinkConfig = option(factory=UplinkConfig)
+    drivers: dict[str, list[dict[str, Any]]] = option(factory=dict)
+
+
+def load_config(path: str | Path, registry: Registry | None = None) -> Config:
+    """Read, parse and validate ``path``; raise :class:`ConfigError` naming every problem."""
+    file = str(path)
+    name = Path(file).name
+    try:
+        raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(name, [ConfigIssue("", f"file not found: {file}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, [ConfigIssue("", f"cannot read: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
+    return parse_config(raw, file=name, registry=registry)
+
+
+def parse_config(raw: dict[str, Any], *, file: str, registry: Registry | None = None) -> Config:
+    issues: list[ConfigIssue] = []
+    core: _Core | None = None
+    try:
+        core = load(_Core, raw, file=file)
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+    drivers = _load_drivers(raw.get("drivers"), file, registry or load_registry(), issues)
+    if issues or core is None:
+        raise ConfigError(file, issues)
+    return Config(file=file, gateway=core.gateway, buffer=core.buffer, uplink=core.uplink,
+                  drivers=drivers)
+
+
+def _load_drivers(section: Any, file: str, registry: Registry,
+                  issues: list[ConfigIssue]) -> list[DriverInstance]:
+    out: list[DriverInstance] = []
+    if not isinstance(section, dict):
+        return out
+    seen: set[str] = set()
+    for name, tables in section.items():
+        cls = registry.get(name)
+        if cls is None:
+            known = ", ".join(registry.names)
+            why = f" (failed to load: {registry.broken[name]})" if name in registry.broken else ""
+            issues.append(ConfigIssue(f"drivers.{name}",
+                                      f"unknown driver{why}; expected one of {known}"))
+            continue
+        if not isinstance(tables, list):
+            issues.append(ConfigIssue(f"drivers.{name}",
+                                      f"expected a list of tables ([[drivers.{name}]]); got a table"))
+            continue
+        for i, table in enumerate(tables):
+            path = f"drivers.{name}[{i}]"
+            inst = _instance_name(table, path, issues)
+            if inst is None:
+                continue
+            if inst in seen:
+                issues.append(ConfigIssue(f"{path}.instance",
+                                          f'expected a unique name; got "{inst}" twice'))
+            seen.add(inst)
+            body = {k: v for k, v in table.items() if k != "instance"}
+            try:
+                cfg = cls.parse_config(body, file=file, path=path)
+            except ConfigError as exc:
+                issues.extend(exc.issues)
+                continue
+            out.append(DriverInstance(driver=name, instance=inst, config=cfg))
+    return out
+
+
+def _instance_name(table: Any, path: str, issues: list[ConfigIssue]) -> str | None:
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue(path, "expected a table"))
+        return None
+    inst = table.get("instance")
+    if not isinstance(inst, str) or not inst:
+        issues.append(ConfigIssue(f"{path}.instance",
+                                  "missing required key; expected a string naming this instance"))
+        return None
+    return inst
+
+
+def resolved(cfg: Config, *, mask: bool = True) -> dict[str, Any]:
+    """The config as TOML-shaped data with defaults filled in and secrets masked."""
+    out: dict[str, Any] = {
+        "gateway": dump(cfg.gateway, mask=mask),
+        "buffer": dump(cfg.buffer, mask=mask),
+        "uplink": dump(cfg.uplink, mask=mask),
+    }
+    drivers: dict[str, list[dict[str, Any]]] = {}
+    for d in cfg.drivers:
+        table = {"instance": d.instance, **dump(d.config, mask=mask)}
+        drivers.setdefault(d.driver, []).append(table)
+    if drivers:
+        out["drivers"] = drivers
+    return out
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

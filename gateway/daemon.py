@@ -1,0 +1,341 @@
+"""The daemon: drivers → buffer → signed batches → uplink, on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from buffer.store import Lease, Store, StoreError
+from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Reading
+from drivers.registry import Registry, load_registry
+from gateway import __version__
+from gateway.batch import encode_batch
+from gateway.config import Config
+from gateway.cose import kid_for, sign1
+from gateway.uplink import TlsFiles, Uplink
+from provisioning.keys import load_or_create_signing_key
+
+__all__ = ["Gateway"]
+
+_log = logging.getLogger("streetgate")
+T = TypeVar("T")
+
+
+class _Sink:
+    """What drivers emit into: a thread-safe in-memory queue of the store, never blocking."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+
+    def emit(self, readings: Iterable[Reading]) -> None:
+        self._gw.emit(readings)
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class Gateway:
+    """One running gateway. ``await run()`` until ``stop()``; then it drains and returns 0."""
+
+    def __init__(self, cfg: Config, *, registry: Registry | None = None,
+                 drain_timeout: float = 5.0) -> None:
+        self.cfg = cfg
+        self.registry = registry or load_registry()
+        self.drain_timeout = drain_timeout
+        self.boot_id = uuid.uuid4().hex
+        self.started = time.time()
+        self.store: Store | None = None
+        self.uplink: Uplink | None = None
+        self.drivers: dict[str, tuple[Driver[Any], HealthBoard]] = {}
+        self.counters = {"produced": 0, "delivered": 0, "batches": 0, "split": 0}
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streetgate-store")
+        self._stop = asyncio.Event()
+        self._new_data = asyncio.Event()
+        self._commit_now = asyncio.Event()
+        self._batch_limit = cfg.uplink.batch_max_readings
+        self._key: Any = None
+        self._kid = b""
+        self.ready = asyncio.Event()
+        self._driver_tasks: list[asyncio.Task[None]] = []
+
+    # -- driver side -------------------------------------------------------------------------
+    def emit(self, readings: Iterable[Reading]) -> None:
+        batch = readings if isinstance(readings, list) else list(readings)
+        if not batch or self.store is None:
+            return
+        self.store.append(batch)
+        self.counters["produced"] += len(batch)
+        if self.store.pending() >= self.cfg.buffer.commit_rows:
+            self._commit_now.set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def stop_drivers(self) -> None:
+        """Stop producing (demo, bench, reload); the pipeline keeps draining the buffer."""
+        for t in self._driver_tasks:
+            t.cancel()
+        await asyncio.gather(*self._driver_tasks, return_exceptions=True)
+        self._commit_now.set()
+
+    async def buffer_stats(self) -> Any:
+        assert self.store is not None  # noqa: S101
+        return await self._io_call(self.store.stats)
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """True once every produced reading is committed and acknowledged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.store is not None and not self.store.pending():
+                stats = await self.buffer_stats()
+                if stats.depth == 0 and stats.gaps_pending == 0 and not (
+                        self.uplink and self.uplink.inflight):
+                    return True
+            self._commit_now.set()
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _io_call(self, fn: Any, *args: Any) -> Any:
+        # SQLite and signing run on one worker thread: commits may fsync (SD cards are slow),
+        # and the store is used from one thread at a time.
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def run(self) -> int:
+        g = self.cfg.gateway
+        key_path = g.path(g.signing_key)
+        self._key = await self._io_call(load_or_create_signing_key, key_path)
+        self._kid = kid_for(self._key.public_key())
+        Path(g.state_dir).mkdir(parents=True, exist_ok=True)
+        self.store = await self._io_call(self._open_store)
+        self.uplink = Uplink(
+            self.cfg.uplink, gateway_id=g.id, client_id=self.cfg.client_id(),
+            on_ack=self._on_ack, on_lost=self._on_lost, status=self.status,
+            tls=self._tls_files())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.uplink.run(), name="streetgate.uplink")
+                tg.create_task(self._committer(), name="streetgate.buffer.commit")
+                tg.create_task(self._forwarder(), name="streetgate.uplink.forward")
+                tg.create_task(self._status_loop(), name="streetgate.status")
+                self._driver_tasks = driver_tasks = [tg.create_task(self._supervise(d.driver, d.instance, d.config),
+                                               name=f"streetgate[{d.driver}:{d.instance}]")
+                                for d in self.cfg.drivers]
+                self.ready.set()
+                _log.info("gateway %s up: %d driver(s), buffer %s (epoch %d)", g.id,
+                          len(driver_tasks), self.cfg.gateway.path(self.cfg.buffer.path),
+                          self.store.epoch)
+                await self._stop.wait()
+                for t in driver_tasks:
+                    t.cancel()
+                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                await self._drain()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            await self._shutdown()
+        return 0
+
+    def _open_store(self) -> Store:
+        b = self.cfg.buffer
+        store = Store(self.cfg.gateway.path(b.path), max_bytes=int(b.max_size),
+                      synchronous=b.synchronous, drop_policy=b.drop_policy)
+        if store.moved_aside is not None:
+            _log.error("buffer database was corrupt; moved aside to %s and started fresh",
+                       store.moved_aside)
+        return store
+
+    def _tls_files(self) -> TlsFiles | None:
+        t = self.cfg.uplink.tls
+        if not t.enabled:
+            return None
+        g = self.cfg.gateway
+        if t.provisioned:
+            from provisioning.identity import tls_paths  # noqa: PLC0415 - optional subsystem
+
+            paths = tls_paths(Path(g.state_dir))
+            if paths is None:
+                _log.error("tls.provisioned is set but this gateway has no certificate yet")
+                return None
+            return TlsFiles(str(paths.ca_file), str(paths.cert_file), str(paths.key_file),
+                            t.server_name or None)
+        return TlsFiles(str(g.path(t.ca_file)), str(g.path(t.cert_file)) if t.cert_file else None,
+                        str(g.path(t.key_file)) if t.key_file else None, t.server_name or None)
+
+    async def _drain(self) -> None:
+        """Final commit, then give in-flight batches a moment to be acknowledged."""
+        assert self.store is not None  # noqa: S101
+        with contextlib.suppress(StoreError):
+            await self._io_call(self.store.commit)
+        deadline = time.monotonic() + self.drain_timeout
+        while self.uplink and self.uplink.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _shutdown(self) -> None:
+        if self.uplink is not None:
+            await self.uplink.close()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await self._io_call(store.close)
+        self._io.shutdown(wait=True)
+
+    # -- tasks ------------------------------------------------------------------------------------
+    async def _supervise(self, name: str, instance: str, config: Any) -> None:
+        cls = self.registry.get(name)
+        if cls is None:
+            _log.error("driver %s is not available", name)
+            return
+        logger = logging.getLogger(f"streetgate.driver.{name}.{instance}")
+        assert self.store is not None  # noqa: S101
+        ctx = DriverContext(instance=instance, logger=logger, health=HealthBoard(logger),
+                            state=_StoreState(self.store))
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            driver = cls(config, ctx)
+            self.drivers[instance] = (driver, ctx.health)
+            try:
+                await driver.run(_Sink(self))
+            except Exception:  # task boundary: a broken driver must not stop the others
+                ctx.health.count("crashes")
+                logger.exception("driver %s crashed; restarting", instance)
+                await backoff.sleep()
+                continue
+            logger.info("driver %s finished", instance)
+            return
+
+    async def _committer(self) -> None:
+        assert self.store is not None  # noqa: S101
+        window = float(self.cfg.buffer.commit_window)
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(window):
+                    await self._commit_now.wait()
+            self._commit_now.clear()
+            if not self.store.pending():
+                continue
+            try:
+                n = await self._io_call(self.store.commit)
+            except StoreError as exc:
+                if not failing:
+                    _log.error("buffer commit failing, keeping readings in memory: %s", exc)
+                failing = True
+                await asyncio.sleep(1.0)
+                continue
+            if failing:
+                _log.info("buffer commits work again")
+                failing = False
+            if n:
+                self._new_data.set()
+
+    async def _forwarder(self) -> None:
+        assert self.uplink is not None  # noqa: S101
+        linger = float(self.cfg.uplink.batch_linger)
+        last = time.monotonic()
+        while True:
+            await self.uplink.wait_ready()
+            item = await self._io_call(self._next_message, self._batch_limit)
+            if item is None:
+                self._new_data.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._new_data.wait()
+                continue
+            lease, message = item
+            if len(message) > self.uplink.max_payload() and len(lease.rows) > 1:
+                await self._io_call(self._release, lease)
+                self._batch_limit = max(1, len(lease.rows) // 2)
+                self.counters["split"] += 1
+                continue
+            if not self.uplink.publish(message, lease):
+                await self._io_call(self._release, lease)
+                await asyncio.sleep(0.05)
+                continue
+            self.counters["batches"] += 1
+            if len(lease.rows) < self._batch_limit and linger > 0:
+                # A small batch: let more readings gather before the next one.
+                wait = linger - (time.monotonic() - last)
+                last = time.monotonic()
+                if wait > 0:
+                    self._new_data.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._stop.wait()
+            else:
+                last = time.monotonic()
+
+    def _next_message(self, limit: int) -> tuple[Lease, bytes] | None:
+        assert self.store is not None  # noqa: S101
+        lease = self.store.lease(limit)
+        if lease is None:
+            return None
+        payload = encode_batch(
+            gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
+            batch_seq=self.store.next_batch_seq(), rows=lease.rows, gaps=lease.gaps)
+        return lease, sign1(payload, self._key, self._kid)
+
+    def _release(self, lease: Lease) -> None:
+        if self.store is not None:
+            self.store.release(lease)
+
+    def _on_ack(self, lease: Lease) -> None:
+        self.counters["delivered"] += len(lease.rows)
+        if self.store is not None:
+            self._io.submit(self.store.ack, lease)
+
+    def _on_lost(self, lease: Lease) -> None:
+        if self.store is not None:
+            self._io.submit(self.store.release, lease)
+            self._new_data.set()
+
+    async def _status_loop(self) -> None:
+        assert self.uplink is not None  # noqa: S101
+        while True:
+            await asyncio.sleep(float(self.cfg.uplink.status_interval))
+            self.uplink.publish_status()
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        up = self.uplink
+        st = self.store
+        return {
+            "state": "online",
+            "gateway": self.cfg.gateway.id,
+            "version": __version__,
+            "boot_id": self.boot_id,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "kid": self._kid.hex(),
+            "uplink": {"state": up.state if up else "stopped", "inflight": up.inflight if up else 0,
+                       "last_error": up.last_error if up else None,
+                       **(up.counters if up else {})},
+            "buffer": {"pending": st.pending() if st else 0, "epoch": st.epoch if st else None},
+            "counters": dict(self.counters),
+            "drivers": {name: {"health": h.snapshot()} for name, (_, h) in self.drivers.items()},
+        }
+
+
+class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup
+    pass
+
+
+class _StoreState:
+    """Driver key/value state kept in the buffer database."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, key: str) -> bytes | None:
+        return self._store.kv_get(key)
+
+    def set(self, key: str, value: bytes) -> None:
+        self._store.kv_set(key, value)

@@ -1,0 +1,182 @@
+"""``streetgate demo``: simulated devices → gateway → private broker → verifying subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.broker import Mosquitto
+from gateway.config import Config, parse_config
+from gateway.cose import kid_for
+from gateway.daemon import Gateway
+from gateway.subscriber import BatchSubscriber
+from gateway.verify import Verifier
+from provisioning.keys import load_or_create_signing_key, public_key_pem
+
+__all__ = ["DemoSummary", "demo_config", "run_demo"]
+
+GATEWAY_ID = "cab-demo"
+
+
+@dataclass
+class DemoSummary:
+    produced: int = 0
+    delivered: int = 0
+    verified: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    batches: int = 0
+    rejected: int = 0
+    wire_bytes: int = 0
+    outage_s: float = 0.0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        bpr = self.wire_bytes / self.verified if self.verified else None
+        return {"produced": self.produced, "delivered": self.delivered,
+                "verified": self.verified, "duplicates": self.duplicates, "lost": self.lost,
+                "batches": self.batches, "rejected": self.rejected,
+                "wire_bytes_per_reading": round(bpr, 2) if bpr else None,
+                "outage_s": self.outage_s, "seconds": self.seconds}
+
+
+def demo_config(state_dir: Path, port: int, *, devices: int = 10,
+                interval: str = "100ms") -> Config:
+    raw = {
+        "gateway": {"id": GATEWAY_ID, "state_dir": str(state_dir)},
+        "buffer": {"commit_window": "100ms"},
+        "uplink": {"host": "127.0.0.1", "port": port, "batch_linger": "1s",
+                   "reconnect_min": "200ms", "reconnect_max": "2s", "status_interval": "5s"},
+        "drivers": {"sim": [{"instance": "demo", "devices": devices, "interval": interval}]},
+    }
+    return parse_config(raw, file="demo.toml")
+
+
+class _Receiver:
+    """Feeds every received message to the verifier; prints what it verified."""
+
+    def __init__(self, verifier: Verifier, out: TextIO | None, save: Path | None) -> None:
+        self.verifier = verifier
+        self.out = out
+        self.save = save
+        self.summary = DemoSummary()
+        self.count = 0
+
+    def handle(self, payload: bytes) -> None:
+        self.count += 1
+        if self.save is not None:
+            (self.save / f"{self.count:06d}.cose").write_bytes(payload)
+        res = self.verifier.feed(payload)
+        s = self.summary
+        s.wire_bytes += len(payload)
+        s.duplicates += res.duplicates
+        if res.status != "ok":
+            s.rejected += 1
+            self._print(f"batch #{self.count}: REJECTED ({res.status})")
+            return
+        s.batches += 1
+        s.verified += len(res.readings)
+        self._show(res)
+
+    def _show(self, res: Any) -> None:
+        if self.out is None or not res.readings:
+            return
+        seqs = [seq for seq, _ in res.readings]
+        latest: dict[str, Any] = {}
+        for _seq, r in res.readings:
+            latest[r.point] = r
+        self._print(f"batch {res.batch_seq}: verified {len(res.readings)} readings "
+                    f"(seq {min(seqs)}-{max(seqs)}), {res.duplicates} duplicate(s) dropped")
+        for r in list(latest.values())[:3]:
+            unit = f" {r.unit}" if r.unit else ""
+            self._print(f"    {r.point} = {r.value!r}{unit}")
+
+    def _print(self, line: str) -> None:
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+
+
+async def run_demo(seconds: float = 20.0, *, outage: float | None = None,
+                   save_dir: Path | None = None, out: TextIO | None = sys.stdout) -> DemoSummary:
+    """Run the whole path for ``seconds``, cut the broker for ``outage`` seconds midway."""
+    if outage is None:
+        outage = 3.0 if seconds >= 12 else 0.0
+    with tempfile.TemporaryDirectory(prefix="streetgate-demo-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "broker", persistence=True)
+        broker.start()
+        try:
+            return await _run(work, broker, seconds, outage, save_dir, out)
+        finally:
+            broker.stop()
+
+
+async def _run(work: Path, broker: Mosquitto, seconds: float, outage: float,
+               save_dir: Path | None, out: TextIO | None) -> DemoSummary:
+    cfg = demo_config(work / "state", broker.port)
+    key = load_or_create_signing_key(cfg.gateway.path(cfg.gateway.signing_key))
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "public.pem").write_text(public_key_pem(key.public_key()))
+    receiver = _Receiver(Verifier({kid_for(key.public_key()): key.public_key()}), out, save_dir)
+    sub = BatchSubscriber(broker.host, broker.port, f"{cfg.uplink.topic_prefix}/+/batch",
+                          client_id="streetgate-demo-verifier")
+    sub.start()
+    gw = Gateway(cfg)
+    task = asyncio.create_task(gw.run(), name="streetgate.demo.gateway")
+    started = time.monotonic()
+    pump = asyncio.create_task(_pump(sub, receiver), name="streetgate.demo.pump")
+    try:
+        await _timeline(broker, seconds, outage, receiver)
+        await gw.stop_drivers()
+        await gw.wait_drained(timeout=60.0)
+        produced = gw.counters["produced"]
+        deadline = time.monotonic() + 15.0
+        while receiver.summary.verified < produced and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        s = receiver.summary
+        s.produced = produced
+        s.delivered = gw.counters["delivered"]
+        s.lost = max(0, produced - s.verified)
+        s.outage_s = outage
+        s.seconds = round(time.monotonic() - started, 1)
+    finally:
+        gw.stop()
+        await task
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        sub.stop()
+    return receiver.summary
+
+
+async def _timeline(broker: Mosquitto, seconds: float, outage: float, rx: _Receiver) -> None:
+    if outage <= 0:
+        await asyncio.sleep(seconds)
+        return
+    before = max(0.0, (seconds - outage) / 2)
+    await asyncio.sleep(before)
+    rx._print(f"--- cutting the network: broker stopped for {outage:.0f}s ---")  # noqa: SLF001
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(outage)
+    await asyncio.to_thread(broker.start)
+    rx._print("--- broker back: draining the buffer ---")  # noqa: SLF001
+    await asyncio.sleep(max(0.0, seconds - outage - before))
+
+
+async def _pump(sub: BatchSubscriber, rx: _Receiver) -> None:
+    while True:
+        try:
+            _topic, payload = sub.messages.get_nowait()
+        except queue.Empty:
+            await asyncio.sleep(0.02)
+            continue
+        rx.handle(payload)

@@ -1,0 +1,329 @@
+"""The MQTT uplink: paho-mqtt driven from the asyncio loop, PUBACKs matched to leases.
+
+paho's socket callbacks hand its socket to the event loop (add_reader / add_writer), so every
+paho callback runs on the loop thread; only the blocking TCP+TLS connect runs in an executor.
+Each connection is a fresh paho client: whatever was in flight when a connection dropped is
+released back to the buffer and re-sent in new batches, never replayed by paho from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from drivers.api import Backoff
+from gateway._mqtt_errors import UplinkError, describe_connect_failure, describe_reason
+from gateway.config import UplinkConfig
+
+__all__ = ["TlsFiles", "Uplink", "UplinkError"]
+
+_log = logging.getLogger("streetgate.uplink")
+#: Bytes of a PUBLISH besides the payload: fixed header, topic, packet id, properties.
+_PUBLISH_OVERHEAD = 128
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: str
+    cert_file: str | None
+    key_file: str | None
+    server_name: str | None = None
+
+
+class Uplink:
+    """One logical MQTT session to the platform, reconnecting forever with jittered backoff."""
+
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        *,
+        gateway_id: str,
+        client_id: str,
+        on_ack: Callable[[Any], None],
+        on_lost: Callable[[Any], None],
+        status: Callable[[], dict[str, Any]],
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.gateway_id = gateway_id
+        self.client_id = client_id
+        self.topic_batch = f"{cfg.topic_prefix}/{gateway_id}/batch"
+        self.topic_status = f"{cfg.topic_prefix}/{gateway_id}/status"
+        self._on_ack = on_ack
+        self._on_lost = on_lost
+        self._status = status
+        self._tls = tls
+        self._client: mqtt.Client | None = None
+        self._inflight: dict[int, Any] = {}
+        self._connected = asyncio.Event()
+        self._window = asyncio.Event()
+        self._window.set()
+        self._lost = asyncio.Event()
+        self._misc: asyncio.Task[None] | None = None
+        self.broker_max_packet: int | None = None
+        self.state = "disconnected"
+        self.last_error: str | None = None
+        self.counters = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0,
+                         "rejected": 0, "bytes": 0}
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def max_payload(self) -> int:
+        limit = int(self.cfg.max_packet_size)
+        if self.broker_max_packet:
+            limit = min(limit, self.broker_max_packet)
+        return limit - _PUBLISH_OVERHEAD - len(self.topic_batch)
+
+    async def wait_ready(self) -> None:
+        """Wait until connected with room in the in-flight window."""
+        while True:
+            await self._connected.wait()
+            if len(self._inflight) < self.cfg.max_inflight:
+                return
+            self._window.clear()
+            await self._window.wait()
+
+    def publish(self, payload: bytes, token: Any) -> bool:
+        """Publish a batch at QoS 1; ``token`` comes back through on_ack or on_lost."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        # The token is registered under the mid before the loop can run again, so even an
+        # immediate PUBACK finds it (STYLE §9).
+        info = client.publish(self.topic_batch, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            _log.debug("publish refused locally: %s", mqtt.error_string(info.rc))
+            return False
+        self._inflight[info.mid] = token
+        self.counters["published"] += 1
+        self.counters["bytes"] += len(payload)
+        return True
+
+    def publish_status(self) -> None:
+        client = self._client
+        if client is None or not self.connected:
+            return
+        body = json.dumps(self._status(), separators=(",", ":"), default=str)
+        client.publish(self.topic_status, body, qos=1, retain=True)
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect; returns only when cancelled."""
+        backoff = Backoff(float(self.cfg.reconnect_min), float(self.cfg.reconnect_max))
+        while True:
+            try:
+                await self._connect_once()
+            except UplinkError as exc:
+                self._note_failure(str(exc))
+                await asyncio.sleep(backoff.next_delay() + float(self.cfg.reconnect_min) / 2)
+                continue
+            backoff.reset()
+            await self._lost.wait()
+            self._teardown()
+            await asyncio.sleep(backoff.next_delay() + float(self.cfg.reconnect_min) / 2)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Say offline (retained), disconnect cleanly and drop the socket."""
+        client = self._client
+        if client is not None and self.connected:
+            offline = json.dumps({"state": "offline", "gateway": self.gateway_id, "clean": True})
+            info = client.publish(self.topic_status, offline, qos=1, retain=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while not info.is_published() and self.connected:
+                        await asyncio.sleep(0.02)
+            client.disconnect()
+        self._teardown()
+
+    # -- connection ------------------------------------------------------------------------
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._make_client(loop)
+        self._client = client
+        self._lost.clear()
+        self.state = "connecting"
+        props = None
+        if self.cfg.protocol == "mqtt5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0
+        try:
+            # Blocking: DNS, TCP connect and the TLS handshake (why it runs in an executor).
+            await loop.run_in_executor(None, lambda: client.connect(
+                self.cfg.host, self.cfg.port, keepalive=round(self.cfg.keepalive),
+                clean_start=True if props is not None else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=props))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._teardown()
+            raise UplinkError(describe_connect_failure(exc, self.cfg.host, self.cfg.port)) from exc
+        self._misc = loop.create_task(self._misc_loop(client), name="streetgate.uplink.misc")
+        try:
+            async with asyncio.timeout(max(10.0, float(self.cfg.keepalive))):
+                while not self.connected:
+                    if self._lost.is_set():
+                        raise UplinkError(self.last_error or "connection refused")
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            self._teardown()
+            raise UplinkError("no CONNACK from broker within the timeout") from None
+        except UplinkError:
+            self._teardown()
+            raise
+
+    def _make_client(self, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
+        proto = mqtt.MQTTv5 if self.cfg.protocol == "mqtt5" else mqtt.MQTTv311
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=proto, reconnect_on_failure=False)
+        client.max_inflight_messages_set(self.cfg.max_inflight + 2)
+        client.max_queued_messages_set(0)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.password or None)
+        will = json.dumps({"state": "offline", "gateway": self.gateway_id, "clean": False})
+        client.will_set(self.topic_status, will, qos=1, retain=True)
+        if self._tls is not None:
+            client.tls_set_context(self._tls_context())
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+
+        def register_write(c: mqtt.Client, _u: Any, sock: Any) -> None:
+            loop.call_soon_threadsafe(_add_writer, loop, sock, c)
+
+        def unregister_write(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+            loop.call_soon_threadsafe(_remove_writer, loop, sock)
+
+        client.on_socket_open = lambda c, _u, sock: loop.call_soon_threadsafe(
+            _add_reader, loop, sock, c)
+        client.on_socket_close = lambda _c, _u, sock: loop.call_soon_threadsafe(
+            _remove_reader, loop, sock)
+        client.on_socket_register_write = register_write
+        client.on_socket_unregister_write = unregister_write
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self._tls is not None  # noqa: S101 - only called when TLS is configured
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self._tls.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._tls.cert_file and self._tls.key_file:
+            ctx.load_cert_chain(self._tls.cert_file, self._tls.key_file)
+        return ctx
+
+    async def _misc_loop(self, client: mqtt.Client) -> None:
+        while client is self._client:
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost.set()
+                return
+            await asyncio.sleep(1.0)
+
+    def _teardown(self) -> None:
+        """Forget the client; hand every in-flight token back to the buffer."""
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        client, self._client = self._client, None
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                loop = asyncio.get_running_loop()
+                _remove_reader(loop, sock)
+                _remove_writer(loop, sock)
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            with contextlib.suppress(Exception):
+                client.loop_read()  # lets paho notice and close its socket
+        if self._connected.is_set():
+            self._connected.clear()
+            self.counters["disconnects"] += 1
+        self.state = "disconnected"
+        lost, self._inflight = self._inflight, {}
+        for token in lost.values():
+            self._on_lost(token)
+        self._window.set()
+
+    def _note_failure(self, message: str) -> None:
+        if self.last_error != message:
+            _log.warning("uplink to %s:%d failing: %s", self.cfg.host, self.cfg.port, message)
+        else:
+            _log.debug("uplink still failing: %s", message)
+        self.last_error = message
+        self.state = "disconnected"
+
+    # -- paho callbacks (all on the loop thread) ---------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, props: Any) -> None:
+        if client is not self._client:
+            return
+        if rc.is_failure:
+            self.last_error = describe_reason("connect", rc)
+            self._lost.set()
+            return
+        self.broker_max_packet = getattr(props, "MaximumPacketSize", None) if props else None
+        self.counters["connects"] += 1
+        self.state = "connected"
+        if self.last_error:
+            _log.info("uplink connected to %s:%d after: %s", self.cfg.host, self.cfg.port,
+                      self.last_error)
+        else:
+            _log.info("uplink connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.last_error = None
+        self._connected.set()
+        self.publish_status()
+
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if client is not self._client:
+            return
+        if self.connected:
+            self._note_failure(describe_reason("disconnected", rc))
+        self._lost.set()
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        if client is not self._client:
+            return
+        token = self._inflight.pop(mid, None)
+        if token is None:
+            return
+        if rc.is_failure:
+            # QoS 1 PUBACK with a failure reason (e.g. 0x87 not authorized, 0x95 too large):
+            # the broker did not take it; keep the readings (MQTT 5 §3.4.2.1).
+            self.counters["rejected"] += 1
+            self._note_failure(describe_reason("publish", rc))
+            self._on_lost(token)
+        else:
+            self.counters["acked"] += 1
+            self._on_ack(token)
+        self._window.set()
+
+
+def _add_reader(loop: asyncio.AbstractEventLoop, sock: Any, client: mqtt.Client) -> None:
+    if sock.fileno() >= 0:
+        loop.add_reader(sock, client.loop_read)
+
+
+def _remove_reader(loop: asyncio.AbstractEventLoop, sock: Any) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(sock)
+
+
+def _add_writer(loop: asyncio.AbstractEventLoop, sock: Any, client: mqtt.Client) -> None:
+    if sock.fileno() >= 0:
+        loop.add_writer(sock, client.loop_write)
+
+
+def _remove_writer(loop: asyncio.AbstractEventLoop, sock: Any) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_writer(sock)
