@@ -128,6 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, gw.stop)
         loop.add_signal_handler(signal.SIGINT, gw.stop)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def hup() -> None:
+            task = loop.create_task(gw.reload(args.config), name="streetgate.reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
         return await gw.run()
 
     try:

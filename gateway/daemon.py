@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Reading
 from drivers.registry import Registry, load_registry
 from gateway import __version__
 from gateway.batch import encode_batch
-from gateway.config import Config
+from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
 from gateway.uplink import TlsFiles, Uplink
 from provisioning.keys import load_or_create_signing_key
@@ -64,7 +65,11 @@ class Gateway:
         self._key: Any = None
         self._kid = b""
         self.ready = asyncio.Event()
-        self._driver_tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, tuple[asyncio.Task[None], DriverInstance]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._forward_task: asyncio.Task[None] | None = None
+        self.reloads = {"ok": 0, "rejected": 0}
 
     # -- driver side -------------------------------------------------------------------------
     def emit(self, readings: Iterable[Reading]) -> None:
@@ -82,9 +87,11 @@ class Gateway:
 
     async def stop_drivers(self) -> None:
         """Stop producing (demo, bench, reload); the pipeline keeps draining the buffer."""
-        for t in self._driver_tasks:
+        tasks = [t for t, _ in self._tasks.values()]
+        self._tasks.clear()
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._driver_tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._commit_now.set()
 
     async def buffer_stats(self) -> Any:
@@ -116,27 +123,23 @@ class Gateway:
         self._kid = kid_for(self._key.public_key())
         Path(g.state_dir).mkdir(parents=True, exist_ok=True)
         self.store = await self._io_call(self._open_store)
-        self.uplink = Uplink(
-            self.cfg.uplink, gateway_id=g.id, client_id=self.cfg.client_id(),
-            on_ack=self._on_ack, on_lost=self._on_lost, status=self.status,
-            tls=self._tls_files())
+        self.uplink = self._make_uplink()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.uplink.run(), name="streetgate.uplink")
+                self._tg = tg
+                self._uplink_task = tg.create_task(self.uplink.run(), name="streetgate.uplink")
                 tg.create_task(self._committer(), name="streetgate.buffer.commit")
-                tg.create_task(self._forwarder(), name="streetgate.uplink.forward")
+                self._forward_task = tg.create_task(self._forwarder(),
+                                                    name="streetgate.uplink.forward")
                 tg.create_task(self._status_loop(), name="streetgate.status")
-                self._driver_tasks = driver_tasks = [tg.create_task(self._supervise(d.driver, d.instance, d.config),
-                                               name=f"streetgate[{d.driver}:{d.instance}]")
-                                for d in self.cfg.drivers]
+                for d in self.cfg.drivers:
+                    self._start_driver(d)
                 self.ready.set()
                 _log.info("gateway %s up: %d driver(s), buffer %s (epoch %d)", g.id,
-                          len(driver_tasks), self.cfg.gateway.path(self.cfg.buffer.path),
+                          len(self._tasks), self.cfg.gateway.path(self.cfg.buffer.path),
                           self.store.epoch)
                 await self._stop.wait()
-                for t in driver_tasks:
-                    t.cancel()
-                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                await self.stop_drivers()
                 await self._drain()
                 raise _Stopped
         except* _Stopped:
@@ -144,6 +147,67 @@ class Gateway:
         finally:
             await self._shutdown()
         return 0
+
+    def _start_driver(self, d: DriverInstance) -> None:
+        assert self._tg is not None  # noqa: S101
+        task = self._tg.create_task(self._supervise(d.driver, d.instance, d.config),
+                                    name=f"streetgate[{d.driver}:{d.instance}]")
+        self._tasks[d.instance] = (task, d)
+
+    async def reload(self, path: str | Path) -> bool:
+        """Re-read the config: drivers added, removed or changed; uplink reconnected if its
+        settings changed. An invalid file is rejected and the running config kept."""
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, load_config, path, self.registry)
+        except ConfigError as exc:
+            self.reloads["rejected"] += 1
+            _log.error("reload rejected, keeping the running config: %s",
+                       "; ".join(exc.lines()))
+            return False
+        if new.gateway != self.cfg.gateway or new.buffer != self.cfg.buffer:
+            _log.warning("reload: [gateway] and [buffer] changes take effect after a restart")
+        wanted = {d.instance: d for d in new.drivers}
+        for inst, (task, current) in list(self._tasks.items()):
+            if wanted.get(inst) != current:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                del self._tasks[inst]
+                self.drivers.pop(inst, None)
+                _log.info("reload: stopped driver %s", inst)
+        for inst, d in wanted.items():
+            if inst not in self._tasks:
+                self._start_driver(d)
+                _log.info("reload: started driver %s (%s)", inst, d.driver)
+        old_uplink = self.cfg.uplink
+        self.cfg = dataclasses.replace(new, gateway=self.cfg.gateway, buffer=self.cfg.buffer)
+        if new.uplink != old_uplink:
+            await self._restart_uplink()
+        self.reloads["ok"] += 1
+        self._commit_now.set()
+        return True
+
+    async def _restart_uplink(self) -> None:
+        assert self.uplink is not None  # noqa: S101
+        assert self._tg is not None  # noqa: S101
+        old = [t for t in (self._uplink_task, self._forward_task) if t is not None]
+        for t in old:
+            t.cancel()
+        await asyncio.gather(*old, return_exceptions=True)
+        await self.uplink.close()
+        self.uplink = self._make_uplink()
+        self._batch_limit = self.cfg.uplink.batch_max_readings
+        self._uplink_task = self._tg.create_task(self.uplink.run(), name="streetgate.uplink")
+        self._forward_task = self._tg.create_task(self._forwarder(),
+                                                  name="streetgate.uplink.forward")
+        _log.info("reload: uplink settings changed; reconnecting")
+
+    def _make_uplink(self) -> Uplink:
+        g = self.cfg.gateway
+        return Uplink(
+            self.cfg.uplink, gateway_id=g.id, client_id=self.cfg.client_id(),
+            on_ack=self._on_ack, on_lost=self._on_lost, status=self.status,
+            tls=self._tls_files())
 
     def _open_store(self) -> Store:
         b = self.cfg.buffer

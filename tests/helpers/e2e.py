@@ -104,7 +104,11 @@ class Run:
         await self.gateway.stop_drivers()
         await self.gateway.wait_drained(timeout)
         produced = self.gateway.counters["produced"]
-        return await self.collect_until(lambda rs: len(rs) >= produced, timeout)
+
+        def done(rs: list[Reading]) -> bool:
+            return len(rs) + sum(g.count for g in self.result.gaps) >= produced
+
+        return await self.collect_until(done, timeout)
 
 
 @contextlib.asynccontextmanager
