@@ -38,11 +38,14 @@ class Registry:
         try:
             cls = ep.load()
         except Exception as exc:  # noqa: BLE001 - a third-party import error must not stop the rest
-            return self._broken(name, f"{ep.value}: {type(exc).__name__}: {exc}")
+            self._broken(name, f"{ep.value}: {type(exc).__name__}: {exc}")
+            return None
         if not (isinstance(cls, type) and issubclass(cls, Driver)):
-            return self._broken(name, f"{ep.value}: not a drivers.api.Driver subclass")
+            self._broken(name, f"{ep.value}: not a drivers.api.Driver subclass")
+            return None
         if cls.name != name:
-            return self._broken(name, f"{ep.value}: class says name {cls.name!r}")
+            self._broken(name, f"{ep.value}: class says name {cls.name!r}")
+            return None
         self._loaded[name] = cls
         return cls
 

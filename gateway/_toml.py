@@ -35,9 +35,8 @@ def dumps(data: dict[str, Any], prefix: str = "") -> str:
     arrays: list[tuple[str, list[dict[str, Any]]]] = []
     for k, v in data.items():
         name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-        if isinstance(v, dict) and v and any(isinstance(x, (dict, list)) for x in v.values()):
-            tables.append((name, v))
-        elif isinstance(v, dict) and prefix == "":
+        nested = isinstance(v, dict) and any(isinstance(x, (dict, list)) for x in v.values())
+        if isinstance(v, dict) and (nested or prefix == ""):
             tables.append((name, v))
         elif _is_table_list(v):
             arrays.append((name, v))

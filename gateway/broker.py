@@ -1,4 +1,4 @@
-"""A private mosquitto on a free loopback port (demo, bench, tests), restartable on the same port."""
+"""A private mosquitto on a free loopback port (demo, bench, tests), restartable in place."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Mosquitto:
                  listener_extra: str = "", persistence: bool = False) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
-            raise BrokerError("mosquitto is not installed: run `apt-get install mosquitto` (as root)")
+            raise BrokerError("mosquitto is not installed: `apt-get install mosquitto` (as root)")
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)

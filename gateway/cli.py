@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(go())
-    except Exception as exc:  # noqa: BLE001 - top of the process: say it in one line
+    except Exception as exc:
         from provisioning.keys import KeyPermissionError  # noqa: PLC0415
 
         if isinstance(exc, KeyPermissionError | PermissionError | FileNotFoundError):

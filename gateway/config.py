@@ -1,4 +1,4 @@
-"""The gateway's one TOML file: core sections typed here, driver sections by each driver's schema."""
+"""The gateway's one TOML file: core sections typed here, driver sections by their schemas."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class GatewayConfig:
     id: str = option(doc="gateway id, used in topics and batches", pattern=_ID)
     state_dir: str = option("/var/lib/streetgate", doc="keys, buffer and state live here")
     signing_key: str = option("keys/signing.key", doc="Ed25519 PKCS#8 PEM, relative to state_dir")
-    seed_file: str = option("", doc="first-boot seed file (e.g. /boot/firmware/streetgate-seed.toml)")
+    seed_file: str = option("", doc="first-boot seed (e.g. /boot/firmware/streetgate-seed.toml)")
     status_socket: str = option("status.json", doc="status file for `streetgate status`")
     log_level: Literal["debug", "info", "warning", "error"] = option("info")
 
@@ -61,7 +61,8 @@ class TlsConfig:
 
     def validate(self) -> list[tuple[str, str]]:
         if self.enabled and not self.provisioned and not self.ca_file:
-            return [("ca_file", "expected a CA file when tls is enabled and not provisioned; got none")]
+            return [("ca_file",
+                     "expected a CA file when tls is enabled and not provisioned; got none")]
         if bool(self.cert_file) != bool(self.key_file):
             return [("key_file", "expected cert_file and key_file together; got only one")]
         return []
@@ -159,8 +160,8 @@ def _load_drivers(section: Any, file: str, registry: Registry,
                                       f"unknown driver{why}; expected one of {known}"))
             continue
         if not isinstance(tables, list):
-            issues.append(ConfigIssue(f"drivers.{name}",
-                                      f"expected a list of tables ([[drivers.{name}]]); got a table"))
+            issues.append(ConfigIssue(
+                f"drivers.{name}", f"expected a list of tables ([[drivers.{name}]]); got a table"))
             continue
         for i, table in enumerate(tables):
             path = f"drivers.{name}[{i}]"

@@ -121,7 +121,7 @@ class Gateway:
         key_path = g.path(g.signing_key)
         self._key = await self._io_call(load_or_create_signing_key, key_path)
         self._kid = kid_for(self._key.public_key())
-        Path(g.state_dir).mkdir(parents=True, exist_ok=True)
+        await self._io_call(lambda: Path(g.state_dir).mkdir(parents=True, exist_ok=True))
         self.store = await self._io_call(self._open_store)
         self.uplink = self._make_uplink()
         try:
@@ -141,7 +141,7 @@ class Gateway:
                 await self._stop.wait()
                 await self.stop_drivers()
                 await self._drain()
-                raise _Stopped
+                tg.create_task(_leave(), name="streetgate.stop")
         except* _Stopped:
             pass
         finally:
@@ -241,7 +241,7 @@ class Gateway:
         with contextlib.suppress(StoreError):
             await self._io_call(self.store.commit)
         deadline = time.monotonic() + self.drain_timeout
-        while self.uplink and self.uplink.inflight and time.monotonic() < deadline:
+        while self.uplink and self.uplink.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - PUBACKs come from paho callbacks; polling a counter is simplest
             await asyncio.sleep(0.02)
 
     async def _shutdown(self) -> None:
@@ -390,6 +390,11 @@ class Gateway:
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup
     pass
+
+
+async def _leave() -> None:
+    """Raising inside the TaskGroup cancels every other task: the way out on stop."""
+    raise _Stopped
 
 
 class _StoreState:

@@ -42,15 +42,16 @@ class BatchSubscriber:
             client.subscribe(self.topic, qos=1)
 
     def _message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         if self._on_message is not None:
-            self._on_message(msg.topic, msg.payload)
+            self._on_message(msg.topic, payload)
         else:
-            self.messages.put((msg.topic, msg.payload))
+            self.messages.put((msg.topic, payload))
 
     def start(self, timeout: float = 10.0) -> None:
         props = None
         if self.persistent:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 86400
         self.client.connect(self.host, self.port, keepalive=30, clean_start=not self.persistent,
                             properties=props)

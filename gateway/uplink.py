@@ -19,8 +19,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from drivers.api import Backoff
 from gateway._mqtt_errors import UplinkError, describe_connect_failure, describe_reason
@@ -147,7 +147,7 @@ class Uplink:
             info = client.publish(self.topic_status, offline, qos=1, retain=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 async with asyncio.timeout(timeout):
-                    while not info.is_published() and self.connected:
+                    while not info.is_published() and self.connected:  # noqa: ASYNC110
                         await asyncio.sleep(0.02)
             client.disconnect()
         self._teardown()
@@ -161,7 +161,7 @@ class Uplink:
         self.state = "connecting"
         props = None
         if self.cfg.protocol == "mqtt5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
         try:
             # Blocking: DNS, TCP connect and the TLS handshake (why it runs in an executor).
@@ -177,7 +177,7 @@ class Uplink:
             async with asyncio.timeout(max(10.0, float(self.cfg.keepalive))):
                 while not self.connected:
                     if self._lost.is_set():
-                        raise UplinkError(self.last_error or "connection refused")
+                        raise UplinkError(self.last_error or "connection refused")  # noqa: TRY301
                     await asyncio.sleep(0.01)
         except TimeoutError:
             self._teardown()
@@ -208,10 +208,14 @@ class Uplink:
         def unregister_write(_c: mqtt.Client, _u: Any, sock: Any) -> None:
             loop.call_soon_threadsafe(_remove_writer, loop, sock)
 
-        client.on_socket_open = lambda c, _u, sock: loop.call_soon_threadsafe(
-            _add_reader, loop, sock, c)
-        client.on_socket_close = lambda _c, _u, sock: loop.call_soon_threadsafe(
-            _remove_reader, loop, sock)
+        def opened(c: mqtt.Client, _u: Any, sock: Any) -> None:
+            loop.call_soon_threadsafe(_add_reader, loop, sock, c)
+
+        def closed(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+            loop.call_soon_threadsafe(_remove_reader, loop, sock)
+
+        client.on_socket_open = opened
+        client.on_socket_close = closed
         client.on_socket_register_write = register_write
         client.on_socket_unregister_write = unregister_write
         return client

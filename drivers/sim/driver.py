@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class SimDriver(Driver[SimConfig]):
 class _InProcess:
     """The sim driver is its own device: nothing to stop or corrupt."""
 
-    config: dict[str, Any]
+    config: Mapping[str, Any]
 
     def __init__(self) -> None:
         self.config = {"devices": 2, "interval": "50ms"}

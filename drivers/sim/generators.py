@@ -31,7 +31,8 @@ class Generator:
         return self.state >= 0.5
 
 
-def build(instance: str, devices: int, counts: dict[str, int], rng: random.Random) -> list[Generator]:
+def build(instance: str, devices: int, counts: dict[str, int],
+          rng: random.Random) -> list[Generator]:
     units = {"counter": ("energy", "Wh"), "sine": ("voltage", "V"),
              "walk": ("temperature", "Cel"), "switch": ("door_open", None)}
     gens: list[Generator] = []
