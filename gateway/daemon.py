@@ -22,7 +22,7 @@ from gateway.batch import encode_batch
 from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
 from gateway.uplink import TlsFiles, Uplink
-from provisioning.keys import load_or_create_signing_key
+from provisioning.keys import KeyPermissionError, load_or_create_signing_key
 
 __all__ = ["Gateway"]
 
@@ -118,10 +118,10 @@ class Gateway:
 
     async def run(self) -> int:
         g = self.cfg.gateway
+        await self._io_call(self._preflight)
         key_path = g.path(g.signing_key)
         self._key = await self._io_call(load_or_create_signing_key, key_path)
         self._kid = kid_for(self._key.public_key())
-        await self._io_call(lambda: Path(g.state_dir).mkdir(parents=True, exist_ok=True))
         self.store = await self._io_call(self._open_store)
         self.uplink = self._make_uplink()
         try:
@@ -208,6 +208,28 @@ class Gateway:
             self.cfg.uplink, gateway_id=g.id, client_id=self.cfg.client_id(),
             on_ack=self._on_ack, on_lost=self._on_lost, status=self.status,
             tls=self._tls_files())
+
+    def _preflight(self) -> None:
+        """First boot (seed file), then refuse to run with keys others can read or own."""
+        from provisioning import load_identity, preflight  # noqa: PLC0415
+        from provisioning.firstboot import first_boot  # noqa: PLC0415
+
+        g = self.cfg.gateway
+        state = Path(g.state_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if g.seed_file and Path(g.seed_file).is_file():
+            boot = first_boot(state, Path(g.seed_file))
+            for message in boot.messages:
+                _log.warning("first boot: %s", message)
+        problems = preflight(state)
+        if problems:
+            raise KeyPermissionError("\n".join(problems))
+        with contextlib.suppress(ConfigError):
+            ident = load_identity(state)
+            if ident.gateway_id != g.id:
+                msg = (f"gateway.id is {g.id!r} but this gateway was provisioned as "
+                       f"{ident.gateway_id!r}; the broker would refuse its topics")
+                raise KeyPermissionError(msg)
 
     def _open_store(self) -> Store:
         b = self.cfg.buffer

@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,6 +26,8 @@ from paho.mqtt.properties import Properties
 from drivers.api import Backoff
 from gateway._mqtt_errors import UplinkError, describe_connect_failure, describe_reason
 from gateway.config import UplinkConfig
+from provisioning import TlsPaths, explain_tls_failure
+from provisioning._tlserrors import harden
 
 __all__ = ["TlsFiles", "Uplink", "UplinkError"]
 
@@ -171,7 +174,7 @@ class Uplink:
                 properties=props))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._teardown()
-            raise UplinkError(describe_connect_failure(exc, self.cfg.host, self.cfg.port)) from exc
+            raise UplinkError(self._explain(exc)) from exc
         self._misc = loop.create_task(self._misc_loop(client), name="streetgate.uplink.misc")
         try:
             async with asyncio.timeout(max(10.0, float(self.cfg.keepalive))):
@@ -222,11 +225,21 @@ class Uplink:
 
     def _tls_context(self) -> ssl.SSLContext:
         assert self._tls is not None  # noqa: S101 - only called when TLS is configured
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self._tls.ca_file)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self._tls.ca_file))
         if self._tls.cert_file and self._tls.key_file:
+            # TLS 1.2 keeps the broker's verdict on our certificate inside the handshake, so
+            # an expired, revoked or foreign-CA certificate is reported as such (TLS 1.3 lets
+            # the client finish first and the broker merely closes the connection).
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(self._tls.cert_file, self._tls.key_file)
         return ctx
+
+    def _explain(self, exc: BaseException) -> str:
+        if isinstance(exc, ssl.SSLError) and self._tls is not None and self._tls.cert_file:
+            paths = TlsPaths(Path(self._tls.ca_file), Path(self._tls.cert_file),
+                             Path(self._tls.key_file or ""))
+            return f"{self.cfg.host}:{self.cfg.port}: {explain_tls_failure(exc, paths)}"
+        return describe_connect_failure(exc, self.cfg.host, self.cfg.port)
 
     async def _misc_loop(self, client: mqtt.Client) -> None:
         while client is self._client:

@@ -118,11 +118,6 @@ def _break(kind: str, state: Path, fleet: Fleet) -> None:
         Registrar(fleet.dir).revoke(serial)
 
 
-# The uplink must keep the broker's verdict in the handshake (TLS 1.2, see
-# provisioning._tlserrors) to tell these apart; with TLS 1.3 mosquitto closes without an alert
-# and the uplink reports "connection refused". Strict xfail: remove it once gateway/uplink.py
-# builds its context with provisioning.client_tls_context.
-@pytest.mark.xfail(strict=True, reason="uplink TLS context lets TLS 1.3 hide the broker's verdict")
 @pytest.mark.parametrize(("kind", "words"), [
     ("expired", "expired"),
     ("revoked", "revoked"),

@@ -1,0 +1,164 @@
+"""``streetgate registrar init-ca | add-claim | sign | revoke | run`` (platform side)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+__all__ = ["register_registrar"]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def cmd_init_ca(args: argparse.Namespace) -> int:
+    from provisioning.fleetca import CA_KEY, create_ca, save_ca  # noqa: PLC0415
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    directory = Path(args.dir)
+    if (directory / CA_KEY).exists():
+        sys.stderr.write(f"streetgate: {directory / CA_KEY} exists; refusing to replace a CA\n")
+        return 1
+    save_ca(create_ca(args.name, days=args.days), directory)
+    Registrar(directory).write_crl()
+    _out(f"fleet CA {args.name!r} created in {directory} (ca.crt, ca.key 0600, crl.pem)")
+    return 0
+
+
+def _seed_text(args: argparse.Namespace, token: str, ca_pem: str) -> str:
+    from provisioning.identity import dumps_flat  # noqa: PLC0415
+
+    top = {"gateway_id": args.gateway_id, "broker": args.broker}
+    if args.enroll_broker:
+        top["enroll_broker"] = args.enroll_broker
+    top |= {"topic_prefix": args.prefix, "ca_cert": ca_pem}
+    enrollment = {"method": "claim", "username": args.username, "password": args.password,
+                  "token": token}
+    return ("# streetgate seed: copy onto the gateway's boot partition; single use\n"
+            + dumps_flat(top) + "\n[enrollment]\n" + dumps_flat(enrollment))
+
+
+def cmd_add_claim(args: argparse.Namespace) -> int:
+    from provisioning._files import write_private  # noqa: PLC0415
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    reg = Registrar(Path(args.dir))
+    token = reg.add_claim(args.gateway_id)
+    if args.seed_out:
+        if not args.broker:
+            sys.stderr.write("streetgate: --seed-out needs --broker HOST:PORT\n")
+            return 2
+        write_private(Path(args.seed_out),
+                      _seed_text(args, token, reg.ca.cert_pem.decode()).encode())
+        _out(f"claim for {args.gateway_id} added; seed written to {args.seed_out}")
+    else:
+        _out(token)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    reg = Registrar(Path(args.dir), cert_days=args.days)
+    cert = reg.sign_offline(args.gateway_id, Path(args.csr).read_bytes())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    if args.out:
+        Path(args.out).write_bytes(pem)
+        _out(f"certificate {cert.serial_number:x} for {args.gateway_id} written to {args.out}")
+    else:
+        sys.stdout.write(pem.decode())
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    crl = Registrar(Path(args.dir)).revoke(args.serial)
+    _out(f"serial {args.serial} revoked; {crl} rewritten: make the broker reload it")
+    return 0
+
+
+def _login(args: argparse.Namespace) -> Any:
+    from provisioning._registrar_mqtt import BrokerLogin  # noqa: PLC0415
+    from provisioning._tlserrors import harden  # noqa: PLC0415
+
+    ctx = None
+    if args.ca:
+        ctx = harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.ca))
+        if args.cert:
+            ctx.load_cert_chain(args.cert, args.key)
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    return BrokerLogin(args.host, args.port, ctx, args.username, password,
+                       protocol=args.mqtt)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from provisioning._registrar_mqtt import RegistrarService  # noqa: PLC0415
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    reg = Registrar(Path(args.dir), keys_dir=Path(args.keys) if args.keys else None,
+                    cert_days=args.cert_days)
+    service = RegistrarService(reg, _login(args), prefix=args.prefix)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.run_forever(stop)
+    return 0
+
+
+def register_registrar(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
+                       guard: Callable[[Any], Any]) -> None:
+    from provisioning.cli import _mqtt_version  # noqa: PLC0415
+
+    reg = sub.add_parser("registrar", help="platform side: fleet CA, claims, enrollment service")
+    cmds = reg.add_subparsers(dest="registrar_command", metavar="COMMAND", required=True)
+    p = cmds.add_parser("init-ca", help="create the fleet CA")
+    p.add_argument("--name", default="streetgate fleet CA")
+    p.add_argument("--days", type=int, default=3650)
+    p.set_defaults(func=guard(cmd_init_ca))
+    p = cmds.add_parser("add-claim", help="create a single-use claim token for a gateway")
+    p.add_argument("gateway_id")
+    p.add_argument("--seed-out", metavar="FILE", help="write a ready seed file (0600)")
+    p.add_argument("--broker", metavar="HOST:PORT", help="mutual-TLS listener, for the seed")
+    p.add_argument("--enroll-broker", metavar="HOST:PORT", help="claim listener, for the seed")
+    p.add_argument("--prefix", default="streetgate")
+    p.add_argument("--username", default="claim", help="claim account on the broker")
+    p.add_argument("--password", default="", help="claim account password")
+    p.set_defaults(func=guard(cmd_add_claim))
+    p = cmds.add_parser("sign", help="sign a CSR by hand (offline enrollment)")
+    p.add_argument("--csr", required=True, metavar="FILE")
+    p.add_argument("--gateway-id", required=True)
+    p.add_argument("--out", metavar="FILE")
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=guard(cmd_sign))
+    p = cmds.add_parser("revoke", help="revoke a certificate serial (hex) and rewrite crl.pem")
+    p.add_argument("serial")
+    p.set_defaults(func=guard(cmd_revoke))
+    p = cmds.add_parser("run", help="answer claim and rekey requests over MQTT")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--ca", metavar="FILE", help="CA of the broker certificate (enables TLS)")
+    p.add_argument("--cert", metavar="FILE")
+    p.add_argument("--key", metavar="FILE")
+    p.add_argument("--username")
+    p.add_argument("--password-file", metavar="FILE")
+    p.add_argument("--prefix", default="streetgate")
+    p.add_argument("--keys", metavar="DIR", help="signing-key directory (default DIR/keys)")
+    p.add_argument("--cert-days", type=int, default=365)
+    p.add_argument("--mqtt", type=_mqtt_version, default=5, metavar="5|3.1.1")
+    p.set_defaults(func=guard(cmd_run))
+    for leaf in cmds.choices.values():
+        leaf.add_argument("--dir", required=True, metavar="DIR", help="registrar directory")
