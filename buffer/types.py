@@ -56,7 +56,8 @@ class StoreStats:
     max_bytes: int
     appended: int
     delivered: int
-    dropped: int
+    dropped: int  # dropped by the size cap (each one is in a gap)
+    rejected: int  # malformed readings refused at commit (wrong point/ts/quality type)
     gaps_pending: int  # gap records not yet acked
     epoch: int
     schema_version: int

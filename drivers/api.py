@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 from drivers._schema import ByteSize, ConfigError, ConfigIssue, Duration, dump, load, option
 
@@ -83,9 +83,8 @@ class Quality(enum.IntEnum):
     UNAVAILABLE = 7
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one point at one time.
+class Reading(NamedTuple):
+    """One value of one point at one time (an immutable tuple: cheap on the hot path).
 
     Args:
         point: stable name, ``<instance>/<device>/<point>`` by convention.

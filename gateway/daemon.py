@@ -337,9 +337,9 @@ class Gateway:
                         await self._new_data.wait()
                 continue
             lease, message = item
-            if len(message) > self.uplink.max_payload() and len(lease.rows) > 1:
+            if len(message) > self.uplink.max_payload() and lease.count > 1:
                 await self._io_call(self._release, lease)
-                self._batch_limit = max(1, len(lease.rows) // 2)
+                self._batch_limit = max(1, lease.count // 2)
                 self.counters["split"] += 1
                 continue
             if not self.uplink.publish(message, lease):
@@ -347,7 +347,7 @@ class Gateway:
                 await asyncio.sleep(0.05)
                 continue
             self.counters["batches"] += 1
-            if len(lease.rows) < self._batch_limit and linger > 0:
+            if lease.count < self._batch_limit and linger > 0:
                 # A small batch: let more readings gather before the next one.
                 wait = linger - (time.monotonic() - last)
                 last = time.monotonic()
@@ -359,7 +359,7 @@ class Gateway:
             else:
                 last = time.monotonic()
 
-    def _next_message(self, limit: int) -> tuple[Lease, bytes] | None:
+    def _next_message(self, limit: int) -> tuple[_InFlight, bytes] | None:
         assert self.store is not None  # noqa: S101
         lease = self.store.lease(limit)
         if lease is None:
@@ -367,20 +367,23 @@ class Gateway:
         payload = encode_batch(
             gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
             batch_seq=self.store.next_batch_seq(), rows=lease.rows, gaps=lease.gaps)
-        return lease, sign1(payload, self._key, self._kid)
+        # Once encoded, the rows themselves are not needed: ack and release work on the
+        # lease's seq span, and a full in-flight window of rows would cost megabytes.
+        slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows))
+        return slim, sign1(payload, self._key, self._kid)
 
-    def _release(self, lease: Lease) -> None:
+    def _release(self, item: _InFlight) -> None:
         if self.store is not None:
-            self.store.release(lease)
+            self.store.release(item.lease)
 
-    def _on_ack(self, lease: Lease) -> None:
-        self.counters["delivered"] += len(lease.rows)
+    def _on_ack(self, item: _InFlight) -> None:
+        self.counters["delivered"] += item.count
         if self.store is not None:
-            self._io.submit(self.store.ack, lease)
+            self._io.submit(self.store.ack, item.lease)
 
-    def _on_lost(self, lease: Lease) -> None:
+    def _on_lost(self, item: _InFlight) -> None:
         if self.store is not None:
-            self._io.submit(self.store.release, lease)
+            self._io.submit(self.store.release, item.lease)
             self._new_data.set()
 
     async def _status_loop(self) -> None:
@@ -408,6 +411,12 @@ class Gateway:
             "counters": dict(self.counters),
             "drivers": {name: {"health": h.snapshot()} for name, (_, h) in self.drivers.items()},
         }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _InFlight:
+    lease: Lease
+    count: int
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup

@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.api import Driver, DriverContext, Poller, Reading, SimulatedSetup, Sink
+from drivers.api import (
+    Driver,
+    DriverContext,
+    Poller,
+    Quality,
+    Reading,
+    SimulatedSetup,
+    Sink,
+)
 from drivers.sim import generators
 from drivers.sim.config import SimConfig
 
@@ -34,8 +42,8 @@ class SimDriver(Driver[SimConfig]):
 
     def _tick(self, tick: int, ts: int) -> list[Reading]:
         dec = self.config.decimals
-        return [Reading(g.point, ts, g.sample(tick, self._rng, dec), unit=g.unit)
-                for g in self._gens]
+        rng, good = self._rng, Quality.GOOD
+        return [Reading(g.point, ts, g.sample(tick, rng, dec), good, g.unit) for g in self._gens]
 
     async def run(self, sink: Sink) -> None:
         limit = self.config.max_readings or None

@@ -19,12 +19,13 @@ class Generator:
 
     def sample(self, tick: int, rng: random.Random, decimals: int) -> Value:
         if self.kind == "counter":
-            self.state += rng.randint(0, 3)
+            self.state += int(rng.random() * 4)
             return int(self.state)
         if self.kind == "sine":
             return round(230.0 + 10.0 * math.sin(self.phase + tick / 60.0), decimals)
         if self.kind == "walk":
-            self.state = min(60.0, max(-30.0, self.state + rng.uniform(-0.1, 0.1)))
+            step = (rng.random() - 0.5) * 0.2
+            self.state = min(60.0, max(-30.0, self.state + step))
             return round(self.state, decimals)
         if rng.random() < 0.01:
             self.state = 1.0 - self.state

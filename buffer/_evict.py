@@ -1,0 +1,160 @@
+"""Dropping rows when the size cap is reached, and recording each drop as a gap.
+
+A gap's range is exact: every seq in ``[first_seq, last_seq]`` was dropped, so ``count`` is
+always ``last_seq - first_seq + 1`` and a receiver never has to guess which seqs are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from buffer.types import Gap
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Iterable, Iterator, Mapping
+    from pathlib import Path
+
+    from buffer._inflight import Inflight
+
+__all__ = ["POINTS_CAP", "Cap", "drop", "gap_from_db", "gaps_for_db"]
+
+log = logging.getLogger("streetgate.buffer")
+
+#: Point names kept per gap; more set ``points_truncated``.
+POINTS_CAP = 32
+
+_MAX_SEQ = 2**63 - 1
+_ROUNDS = 16
+_OLDEST = "SELECT seq, ts, point FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?"
+_NEWEST = "SELECT seq, ts, point FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq DESC LIMIT ?"
+
+
+class Cap:
+    """The size cap on pages in use: ``(page_count - freelist_count) * page_size``.
+
+    The file never shrinks; freed pages go on the freelist and new rows reuse them, so a
+    database at the cap keeps taking rows while it drops the oldest (or the newest).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, max_bytes: int, policy: str) -> None:
+        self._conn = conn
+        self._path = path
+        self.max_bytes = max_bytes
+        self.newest = policy == "newest"
+        self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        self.over = False
+
+    def used(self) -> int:
+        pages: int = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free: int = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self.page_size
+
+    def enforce(self, batch: tuple[int, int], live: int, inflight: Inflight,
+                names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap]) -> int:
+        """Inside the commit's transaction, drop rows not in flight until the cap holds.
+
+        ``batch`` is the seq range just inserted (the candidates under policy "newest"),
+        ``live`` the rows now stored. Returns the number of rows dropped.
+        """
+        used = self.used()
+        if used <= self.max_bytes:
+            self._note(over=False)
+            return 0
+        target = self.max_bytes - self.max_bytes // 32  # a little headroom: fewer, larger drops
+        dropped = 0
+        for _ in range(_ROUNDS):
+            if used <= target or live - dropped <= 0:
+                break
+            want = max(1, math.ceil((used - target) / (used / (live - dropped))))
+            ranges = inflight.free(*(batch if self.newest else (1, _MAX_SEQ)))
+            got = drop(self._conn, ranges, want, newest=self.newest, names=names, gaps=gaps,
+                       busy=inflight.gap_keys)
+            if not got:
+                break
+            dropped += got
+            used = self.used()
+        self._note(over=used > self.max_bytes)
+        return dropped
+
+    def _note(self, *, over: bool) -> None:
+        if over and not self.over:
+            log.warning("buffer %s is over its cap of %d bytes and nothing more can be dropped"
+                        " (rows in flight, or policy newest)", self._path, self.max_bytes)
+        elif self.over and not over:
+            log.info("buffer %s is back under its cap", self._path)
+        self.over = over
+
+
+def drop(
+    conn: sqlite3.Connection, ranges: Iterable[tuple[int, int]], limit: int, *, newest: bool,
+    names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap], busy: set[int],
+) -> int:
+    """Delete up to ``limit`` rows from ``ranges`` (oldest or newest first) and record gaps.
+
+    ``gaps`` (keyed by first_seq) is updated in place; gaps in ``busy`` ride with a lease in
+    flight and are never extended. Returns the number of rows deleted.
+    """
+    done = 0
+    for lo, hi in ranges:
+        if done >= limit:
+            break
+        rows = conn.execute(_NEWEST if newest else _OLDEST, (lo, hi, limit - done)).fetchall()
+        if newest:
+            rows.reverse()
+        for run in _runs(rows):
+            conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (run[0][0], run[-1][0]))
+            _record(conn, _gap(run, names), gaps, busy)
+            done += len(run)
+    return done
+
+
+def _runs(rows: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
+    """Split rows sorted by seq where a seq is missing."""
+    start = 0
+    for i in range(1, len(rows)):
+        if rows[i][0] != rows[i - 1][0] + 1:
+            yield rows[start:i]
+            start = i
+    if rows:
+        yield rows[start:]
+
+
+def _gap(run: list[tuple[int, int, int]], names: Mapping[int, tuple[str, str | None]]) -> Gap:
+    ts = [r[1] for r in run]
+    pids = dict.fromkeys(r[2] for r in run)
+    points = tuple(names[p][0] for p in list(pids)[:POINTS_CAP])
+    return Gap(run[0][0], run[-1][0], len(run), min(ts), max(ts), points, len(pids) > POINTS_CAP)
+
+
+def _record(conn: sqlite3.Connection, gap: Gap, gaps: dict[int, Gap], busy: set[int]) -> None:
+    prev = next((g for g in gaps.values() if g.last_seq + 1 == gap.first_seq), None)
+    if prev is not None and prev.first_seq not in busy:
+        gap = _merge(prev, gap)
+    nxt = gaps.get(gap.last_seq + 1)
+    if nxt is not None and nxt.first_seq not in busy:
+        gap = _merge(gap, nxt)
+        conn.execute("DELETE FROM gaps WHERE first_seq = ?", (nxt.first_seq,))
+        del gaps[nxt.first_seq]
+    conn.execute("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?)", gaps_for_db(gap))
+    gaps[gap.first_seq] = gap
+
+
+def _merge(a: Gap, b: Gap) -> Gap:
+    names = dict.fromkeys(a.points + b.points)
+    truncated = a.points_truncated or b.points_truncated or len(names) > POINTS_CAP
+    return Gap(a.first_seq, b.last_seq, a.count + b.count, min(a.first_ts, b.first_ts),
+               max(a.last_ts, b.last_ts), tuple(list(names)[:POINTS_CAP]), truncated)
+
+
+def gaps_for_db(g: Gap) -> tuple[int, int, int, int, int, str, int]:
+    return (g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, json.dumps(list(g.points)),
+            int(g.points_truncated))
+
+
+def gap_from_db(row: tuple[int, int, int, int, int, str, int]) -> Gap:
+    first, last, count, first_ts, last_ts, points, truncated = row
+    return Gap(first, last, count, first_ts, last_ts, tuple(json.loads(points)), bool(truncated))

@@ -1,0 +1,292 @@
+"""Simulators: a packet forwarder sending real, encrypted and signed LoRaWAN uplinks over GWMP.
+
+``ForwarderSimulator`` plays a concentrator's packet forwarder: PUSH_DATA with one ``rxpk``
+per device and round, PULL_DATA keep-alives and ``stat`` reports, with optional wrong MICs,
+replays and malformed datagrams. The modem simulator lives in :mod:`drivers.lora.simmodem`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import secrets
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from drivers.api import load
+from drivers.lora import cayenne, gwmp, lorawan, structdec
+from drivers.lora.config import DeviceConfig, FieldConfig
+from drivers.lora.gwmp import Kind, RxPacket
+
+__all__ = ["ForwarderSimulator", "demo_devices", "forwarder_setup", "free_udp_port",
+           "garbage_datagrams", "sample_payload", "uplink_for"]
+
+DEFAULT_EUI = "AA555A0000000001"
+
+
+def _value(field: FieldConfig, n: int, index: int) -> float:
+    """A plausible, changing value for a struct field."""
+    if field.type == "bool":
+        return float((n + index) % 2)
+    if field.type in ("f32", "f64"):
+        return 20.0 + ((n + index) % 100) / 4
+    bits = structdec.SIZES[field.type] * 8 - (1 if field.type.startswith("i") else 0)
+    raw = (n * 7 + index * 13) % min(1000, 1 << bits)
+    return raw * field.scale + field.add
+
+
+def sample_payload(dev: DeviceConfig, n: int) -> tuple[int, bytes]:
+    """The FPort and application payload device ``dev`` sends in its ``n``-th frame."""
+    if dev.decoder == "struct":
+        port = next((f.fport for f in dev.fields if f.fport is not None), 1)
+        buf = bytearray()
+        for i, f in enumerate(dev.fields):
+            if f.fport in (None, port):
+                structdec.encode_field(f, _value(f, n, i), buf)
+        return port, bytes(buf)
+    if dev.decoder == "cayenne":
+        return 1, cayenne.encode([
+            (1, 103, (round(18 + (n % 80) / 10, 1),)),
+            (2, 104, (40 + (n % 40) / 2,)),
+            (3, 116, (round(3.6 - (n % 30) / 100, 2),)),
+            (4, 0, (n % 2,)),
+        ])
+    return 1, n.to_bytes(4, "big")
+
+
+def uplink_for(dev: DeviceConfig, fcnt: int, *, confirmed: bool = False) -> bytes:
+    """A genuinely encrypted and MIC-signed uplink of ``dev`` with frame counter ``fcnt``."""
+    if not (dev.dev_addr and dev.nwk_skey and dev.app_skey):
+        raise ValueError(f"device {dev.name} has no LoRaWAN session")
+    port, payload = sample_payload(dev, fcnt)
+    return lorawan.build_data_frame(
+        dev_addr=int(dev.dev_addr, 16), fcnt=fcnt, nwk_skey=bytes.fromhex(dev.nwk_skey),
+        app_skey=bytes.fromhex(dev.app_skey), fport=port, payload=payload,
+        confirmed=confirmed)
+
+
+def _demo_key(name: str, kind: str) -> str:
+    return hashlib.sha256(f"streetgate demo key {name} {kind}".encode()).hexdigest()[:32].upper()
+
+
+def demo_devices(count: int = 2, *, random_keys: bool = False) -> list[dict[str, Any]]:
+    """Device tables: Cayenne LPP sensors and a struct water meter, every second one.
+
+    The fixed demo keys are the ones in example.toml, so ``streetgate sim lora-forwarder``
+    without a device file talks to a gateway running the example config. Never deploy them.
+    """
+    out: list[dict[str, Any]] = []
+    for i in range(count):
+        name = f"sensor-{i + 1}"
+        keys = ((secrets.token_hex(16), secrets.token_hex(16)) if random_keys
+                else (_demo_key(name, "nwk"), _demo_key(name, "app")))
+        dev: dict[str, Any] = {"name": name, "dev_addr": f"26{i + 1:06X}",
+                               "nwk_skey": keys[0], "app_skey": keys[1]}
+        if i % 2:
+            dev["decoder"] = "struct"
+            dev["fields"] = [
+                {"name": "volume", "offset": 0, "type": "u32", "scale": 0.001, "unit": "m3"},
+                {"name": "battery", "offset": 4, "type": "u16", "endian": "little",
+                 "scale": 0.001, "unit": "V"},
+                {"name": "leak", "offset": 6, "type": "bool", "bit": 0},
+            ]
+        out.append(dev)
+    return out
+
+
+def parse_devices(tables: Sequence[dict[str, Any]], *, file: str = "simulator",
+                  path: str = "devices") -> list[DeviceConfig]:
+    return [load(DeviceConfig, t, file=file, path=f"{path}[{i}]") for i, t in enumerate(tables)]
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def garbage_datagrams(eui: str = DEFAULT_EUI) -> list[bytes]:
+    """One datagram of each kind a server must count and drop without failing."""
+    push = bytes([2, 0, 1, 0]) + bytes.fromhex(eui)
+    return [
+        b"\x02",
+        bytes([9, 0, 1, 0]) + bytes.fromhex(eui) + b"{}",
+        push + b"{not json",
+        push + b'{"rxpk":[{"stat":1,"data":"!!not base64!!"}]}',
+        bytes([2, 0, 1, 0x7F]) + bytes.fromhex(eui),
+        push + b'{"rxpk":{"data":"AAAA"}}',
+        push[:8],
+        push + b'{"rxpk":[{"stat":-1,"size":4,"data":"3q2+7w=="}]}',
+        push + b'{"rxpk":[{"stat":1,"size":4,"data":"3q2+7w=="}]}',
+        push + b'["not", "an", "object"]',
+        bytes([2, 0, 1, Kind.PUSH_ACK]),
+    ]
+
+
+class _Acks(asyncio.DatagramProtocol):
+    def __init__(self, counters: collections.Counter[str]) -> None:
+        self.counters = counters
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # noqa: ARG002
+        names = {Kind.PUSH_ACK: "push_ack", Kind.PULL_ACK: "pull_ack"}
+        ok = len(data) == 4 and data[0] in gwmp.VERSIONS and data[3] in names
+        self.counters[names[Kind(data[3])] if ok else "unexpected"] += 1
+
+    def error_received(self, exc: Exception) -> None:  # noqa: ARG002 - counted, not shown
+        self.counters["send_errors"] += 1
+
+
+class ForwarderSimulator:
+    """Sends what a packet forwarder would: uplinks, keep-alives and status, with faults."""
+
+    def __init__(self, host: str, port: int, devices: Sequence[DeviceConfig], *,
+                 gateway_eui: str = DEFAULT_EUI, interval: float = 1.0, fcnt_start: int = 0,
+                 wrong_mic_every: int = 0, replay_every: int = 0, malformed_every: int = 0,
+                 stat_every: int = 5, confirmed: bool = False) -> None:
+        self.target = (host, port)
+        self.devices = [d for d in devices if d.dev_addr and d.nwk_skey and d.app_skey]
+        self.eui = gateway_eui
+        self.interval = interval
+        self.fcnt = dict.fromkeys((d.name for d in self.devices), fcnt_start)
+        self.faults = {"wrong_mic": wrong_mic_every, "replay": replay_every,
+                       "malformed": malformed_every}
+        self.stat_every = stat_every
+        self.confirmed = confirmed
+        #: Until healed, every datagram is garbage (the contract suite's inject_malformed).
+        self.garbage = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.rounds = 0
+        self._tokens = itertools.count(1)
+        self._last: dict[str, bytes] = {}
+        self._junk = itertools.cycle(garbage_datagrams(gateway_eui))
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Acks(self.counters), remote_addr=self.target)
+
+    def resume(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="streetgate[sim:lora-forwarder]")
+
+    async def pause(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def close(self) -> None:
+        await self.pause()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def _loop(self) -> None:
+        while True:
+            self.send_round()
+            await asyncio.sleep(self.interval)
+
+    def send(self, datagram: bytes) -> None:
+        if self._transport is not None:
+            self._transport.sendto(datagram)
+            self.counters["datagrams"] += 1
+
+    def _token(self) -> int:
+        return next(self._tokens) & 0xFFFF
+
+    def _every(self, fault: str) -> bool:
+        every = self.faults[fault]
+        return bool(every) and self.counters["frames"] % every == 0
+
+    def send_round(self) -> None:
+        """One uplink per device, a PULL_DATA, and a ``stat`` every ``stat_every`` rounds."""
+        self.rounds += 1
+        if self.garbage:
+            self.send(next(self._junk))
+            return
+        self.send(gwmp.build_pull_data(self._token(), self.eui))
+        for dev in self.devices:
+            self.send(self.push(self.frame(dev)))
+            if self.faults["malformed"] and self.rounds % self.faults["malformed"] == 0:
+                self.send(next(self._junk))
+                self.counters["malformed"] += 1
+        if self.stat_every and self.rounds % self.stat_every == 0:
+            self.send(gwmp.build_push_data(self._token(), self.eui, {"stat": self.stat()}))
+
+    def frame(self, dev: DeviceConfig) -> bytes:
+        """The next frame of ``dev``: new, replayed or with a broken MIC as configured."""
+        self.counters["frames"] += 1
+        if self._every("replay") and dev.name in self._last:
+            self.counters["replays"] += 1
+            return self._last[dev.name]
+        phy = uplink_for(dev, self.fcnt[dev.name], confirmed=self.confirmed)
+        self.fcnt[dev.name] = (self.fcnt[dev.name] + 1) & 0xFFFF_FFFF
+        if self._every("wrong_mic"):
+            self.counters["wrong_mics"] += 1
+            return phy[:-1] + bytes([phy[-1] ^ 0x5A])
+        self._last[dev.name] = phy
+        return phy
+
+    def push(self, phy: bytes, *, rssi: int = -87, snr: float = 7.5) -> bytes:
+        now = dt.datetime.now(dt.UTC)
+        packet = RxPacket(data=phy, freq=868.1, datr="SF7BW125", codr="4/5", rssi=rssi,
+                          lsnr=snr, tmst=int(now.timestamp() * 1e6) & 0xFFFF_FFFF,
+                          time=now.isoformat().replace("+00:00", "Z"), chan=0, rfch=0,
+                          modu="LORA")
+        return gwmp.build_push_data(self._token(), self.eui, {"rxpk": [gwmp.rxpk_json(packet)]})
+
+    def stat(self) -> dict[str, Any]:
+        sent = self.counters["frames"]
+        acked = self.counters["push_ack"]
+        return {"time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S GMT"),
+                "rxnb": sent, "rxok": sent, "rxfw": sent,
+                "ackr": round(100.0 * acked / max(1, self.counters["datagrams"]), 1),
+                "dwnb": 0, "txnb": 0, "temp": 31.5}
+
+
+class ForwarderSetup:
+    """The contract suite's handle on a running forwarder simulator."""
+
+    def __init__(self, sim: ForwarderSimulator, config: Mapping[str, Any]) -> None:
+        self.sim = sim
+        self.config: Mapping[str, Any] = config
+
+    async def stop(self) -> None:
+        await self.sim.pause()
+
+    async def start(self) -> None:
+        self.sim.garbage = False
+        self.sim.resume()
+
+    async def inject_malformed(self) -> None:
+        self.sim.garbage = True
+
+    async def heal(self) -> None:
+        self.sim.garbage = False
+
+    async def close(self) -> None:
+        await self.sim.close()
+
+
+@contextlib.asynccontextmanager
+async def forwarder_setup(workdir: Path, *, interval: float = 0.1) -> AsyncIterator[ForwarderSetup]:  # noqa: ARG001
+    """A simulator on a free loopback port and the driver config that listens there."""
+    port = free_udp_port()
+    tables = demo_devices(2, random_keys=True)
+    config = {"host": "127.0.0.1", "port": port, "silence": "5s", "devices": tables}
+    sim = ForwarderSimulator("127.0.0.1", port, parse_devices(tables), interval=interval)
+    await sim.open()
+    sim.resume()
+    try:
+        yield ForwarderSetup(sim, config)
+    finally:
+        await sim.close()

@@ -1,0 +1,257 @@
+"""A LoRa module on a UART, played on a pty pair: RN2483 radio receive, or transparent.
+
+RN2483 command reference (Microchip DS40001784): ``mac pause`` answers the pause time,
+``radio set ...`` answers ``ok``, ``radio rx 0`` answers ``ok`` (``busy`` when already
+receiving) and later ``radio_rx  <hex>`` (two spaces) or ``radio_err``; ``radio get snr`` and
+``radio get rssi`` answer a signed integer. A reset prints the version banner. Transparent
+modules just write each received packet (here hex, base64 or binary, as configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import contextlib
+import os
+import tty
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from drivers.lora.config import DeviceConfig
+from drivers.lora.sim import demo_devices, parse_devices, sample_payload, uplink_for
+
+__all__ = ["ModemSimulator", "modem_setup", "register"]
+
+BANNER = "RN2483 1.0.5 Oct 31 2018 15:06:52"
+_GARBAGE = (b"\xff\x00\xfe", b"radio_rx  ZZ\r\n", b"radio_rx  ABC\r\n", b"\x00\x00\x00\r\n",
+            b"rad", b"io_rx\r\n", b"radio_rx\r\n", b"!!\xc3\x28 noise\r\n")
+
+
+class ModemSimulator:
+    """A module behind a pty whose slave path is published as a stable symlink ``link``."""
+
+    def __init__(self, link: Path, devices: Sequence[DeviceConfig], *, mode: str = "rn2483",
+                 payload: str = "lorawan", encoding: str = "hex", interval: float = 1.0,
+                 fcnt_start: int = 0, rssi: int = -61, snr: int = 9,
+                 terminator: bytes = b"\r\n") -> None:
+        self.link = link
+        self.devices = list(devices)
+        self.mode, self.payload, self.encoding = mode, payload, encoding
+        self.interval = interval
+        self.rssi, self.snr = rssi, snr
+        self.terminator = terminator
+        self.fcnt = dict.fromkeys((d.name for d in self.devices), fcnt_start)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.garbage = False
+        self.armed = False
+        self.commands: list[str] = []
+        self._fds: tuple[int, int] | None = None
+        self._inbox = b""
+        self._task: asyncio.Task[None] | None = None
+        self._turn = 0
+
+    # -- the pty -----------------------------------------------------------------------------
+    def plug(self) -> None:
+        """Create a fresh pty pair and point ``link`` at it (a module plugged in)."""
+        if self._fds is not None:
+            return
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no CR/LF translation: a UART passes bytes as they are
+        os.set_blocking(master, False)
+        self._fds = (master, slave)
+        tmp = self.link.with_name(self.link.name + ".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.ttyname(slave))
+        tmp.replace(self.link)
+        asyncio.get_running_loop().add_reader(master, self._readable)
+        self.armed = False
+        self._inbox = b""
+        if self.mode == "rn2483":
+            self._write(BANNER.encode() + b"\r\n")
+
+    def unplug(self) -> None:
+        """Close the pty and remove ``link`` (the module unplugged)."""
+        if self._fds is None:
+            return
+        master, slave = self._fds
+        asyncio.get_running_loop().remove_reader(master)
+        self.link.unlink(missing_ok=True)
+        os.close(master)
+        os.close(slave)
+        self._fds = None
+
+    def _write(self, data: bytes) -> None:
+        if self._fds is None:
+            return
+        try:
+            os.write(self._fds[0], data)
+        except BlockingIOError:
+            self.counters["overflow"] += 1
+
+    def _readable(self) -> None:
+        if self._fds is None:
+            return
+        try:
+            data = os.read(self._fds[0], 4096)
+        except OSError:
+            return
+        self._inbox += data
+        while b"\n" in self._inbox:
+            line, self._inbox = self._inbox.split(b"\n", 1)
+            self._command(line.strip(b"\r").decode("latin-1").strip())
+
+    # -- the module --------------------------------------------------------------------------
+    def _command(self, cmd: str) -> None:
+        if not cmd:
+            return
+        self.commands.append(cmd)
+        self.counters["commands"] += 1
+        if self.mode != "rn2483":
+            return
+        self._write(self._answer(cmd).encode() + b"\r\n")
+
+    def _answer(self, cmd: str) -> str:
+        if cmd == "radio rx 0":
+            if self.armed:
+                return "busy"
+            self.armed = True
+            return "ok"
+        replies = {"mac pause": "4294967245", "sys get ver": BANNER,
+                   "radio get snr": str(self.snr), "radio get rssi": str(self.rssi)}
+        if cmd in replies:
+            return replies[cmd]
+        return "ok" if cmd.startswith("radio set ") else "invalid_param"
+
+    def packet(self) -> bytes:
+        """The next packet on the air: a signed uplink, or a raw payload with its prefix."""
+        dev = self.devices[self._turn % len(self.devices)]
+        self._turn += 1
+        n = self.fcnt[dev.name]
+        self.fcnt[dev.name] = n + 1
+        if self.payload == "lorawan":
+            return uplink_for(dev, n)
+        prefix = bytes.fromhex(dev.match) if dev.match else b""
+        return prefix + sample_payload(dev, n)[1]
+
+    def _encoded(self, data: bytes) -> bytes:
+        if self.encoding == "base64":
+            return base64.b64encode(data) + self.terminator
+        if self.encoding == "binary":
+            return data
+        return data.hex().upper().encode() + self.terminator
+
+    def tick(self) -> None:
+        """One packet on the air: delivered if the module is receiving (rn2483) or always."""
+        if self._fds is None:
+            return
+        if self.garbage:
+            self._write(_GARBAGE[self.counters["garbage"] % len(_GARBAGE)])
+            self.counters["garbage"] += 1
+            return
+        if self.mode == "rn2483":
+            if not self.armed:
+                self.counters["missed"] += 1
+                return
+            self.armed = False
+            self._write(b"radio_rx  " + self.packet().hex().upper().encode() + b"\r\n")
+        else:
+            self._write(self._encoded(self.packet()))
+        self.counters["packets"] += 1
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    def resume(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="streetgate[sim:lora-modem]")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.unplug()
+
+
+class ModemSetup:
+    """The contract suite's handle: stop() unplugs the module, start() plugs it back."""
+
+    def __init__(self, sim: ModemSimulator, config: Mapping[str, Any]) -> None:
+        self.sim = sim
+        self.config: Mapping[str, Any] = config
+
+    async def stop(self) -> None:
+        self.sim.unplug()
+
+    async def start(self) -> None:
+        self.sim.garbage = False
+        self.sim.plug()
+
+    async def inject_malformed(self) -> None:
+        self.sim.garbage = True
+
+    async def heal(self) -> None:
+        self.sim.garbage = False
+
+    async def close(self) -> None:
+        await self.sim.close()
+
+
+@contextlib.asynccontextmanager
+async def modem_setup(workdir: Path, *, interval: float = 0.1) -> AsyncIterator[ModemSetup]:
+    """An RN2483 on a pty (published as ``workdir/ttyLORA``) and the driver config for it."""
+    tables = demo_devices(2, random_keys=True)
+    link = workdir / "ttyLORA"
+    sim = ModemSimulator(link, parse_devices(tables), interval=interval)
+    sim.plug()
+    sim.resume()
+    config = {"port": str(link), "reply_timeout": "500ms", "reopen_min": "50ms",
+              "reopen_max": "500ms", "devices": tables}
+    try:
+        yield ModemSetup(sim, config)
+    finally:
+        await sim.close()
+
+
+def register(sim: Any, devices_args: Callable[[argparse.ArgumentParser], None],
+             duration: Callable[[str], float]) -> None:
+    """Add ``streetgate sim lora-modem``."""
+    p = sim.add_parser("lora-modem", aliases=["lora_modem"],
+                       help="play a LoRa UART module (RN2483 or transparent) on a pty")
+    devices_args(p)
+    p.add_argument("--link", default="./ttyLORA",
+                   help="symlink to create for the pty (point the driver's port here)")
+    p.add_argument("--mode", choices=["rn2483", "transparent"], default="rn2483")
+    p.add_argument("--payload", choices=["lorawan", "raw"], default="lorawan")
+    p.add_argument("--encoding", choices=["hex", "base64", "binary"], default="hex",
+                   help="transparent mode: how packets are written")
+    p.add_argument("--interval", type=duration, default=5.0, help="time between packets")
+    p.add_argument("--count", type=int, default=0, help="packets to send (0: until Ctrl-C)")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from drivers.lora.cli import load_device_configs  # noqa: PLC0415
+
+    devices = load_device_configs(args.config, args.instance)
+    if not devices:
+        return 2
+    sim = ModemSimulator(Path(args.link).absolute(), devices, mode=args.mode,
+                         payload=args.payload, encoding=args.encoding, interval=args.interval)
+    return asyncio.run(_serve(sim, args.count))
+
+
+async def _serve(sim: ModemSimulator, count: int) -> int:
+    sim.plug()
+    try:
+        while count == 0 or sim.counters["packets"] < count:
+            await asyncio.sleep(sim.interval)
+            sim.tick()
+    finally:
+        await sim.close()
+    return 0

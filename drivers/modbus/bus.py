@@ -1,0 +1,126 @@
+"""Bus discipline: who may talk when, and keeping the port or connection open.
+
+An RTU line carries one transaction at a time, with a silence of 3.5 characters between
+frames (Modbus over Serial Line V1.02 §2.5.1.1). A TCP endpoint takes ``max_in_flight``
+transactions at once (1: serialized; more: pipelined on one connection, matched by
+transaction id, Modbus Messaging on TCP/IP Implementation Guide V1.0b §4.2). A port that
+is missing is reopened with capped, jittered backoff while every request fails fast as
+UNAVAILABLE, so devices keep reporting instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from drivers.api import Backoff, HealthBoard
+from drivers.modbus._errors import ModbusError, PortUnavailableError, ResponseTimeoutError
+from drivers.modbus._link import Link, RtuLink, TcpLink, read_request
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Sequence
+
+    from drivers.modbus.config import BusConfig
+
+__all__ = ["Bus", "make_link"]
+
+#: Timeouts in a row on a TCP connection before it is dropped and reopened.
+_TCP_RESET_AFTER = 3
+
+
+def make_link(cfg: BusConfig) -> Link:
+    """The link for a bus config."""
+    if cfg.kind == "rtu":
+        return RtuLink(str(cfg.port), baud=cfg.baud, parity=cfg.parity,
+                       stop_bits=cfg.stop_bits)
+    return TcpLink(str(cfg.host), cfg.tcp_port, connect_timeout=float(cfg.connect_timeout))
+
+
+class Bus:
+    """Serializes (or pipelines) reads on one link; reopens it when it goes away."""
+
+    def __init__(self, cfg: BusConfig, health: HealthBoard, log: logging.Logger,
+                 link: Link | None = None) -> None:
+        self.cfg = cfg
+        self.link = link or make_link(cfg)
+        self._health = health
+        self._log = log
+        self._gate = asyncio.Semaphore(cfg.max_in_flight)
+        self._opening = asyncio.Lock()
+        self._backoff = Backoff(base=0.2, cap=float(cfg.reconnect_max))
+        self._retry_at = 0.0
+        self._down: str | None = None
+        self._quiet_until = 0.0
+        self._timeouts = 0
+        self._silence = cfg.silence() if cfg.kind == "rtu" else 0.0
+
+    async def read(self, unit: int, table: str, address: int, count: int,
+                   reply_timeout: float) -> Sequence[int] | Sequence[bool]:
+        """Registers or bits ``address..address+count-1`` of ``unit``.
+
+        Raises:
+            ModbusError: the subclass says what went wrong (see ``_errors``).
+        """
+        async with self._gate:
+            await self._ensure_open()
+            await self._wait_quiet()
+            request = read_request(table, address, count, unit)
+            # Time on the wire counts too: request + answer at the line's baud rate.
+            data = math.ceil(count / 8) if table in ("coil", "discrete") else 2 * count
+            wire = self.cfg.char_time() * (8 + 5 + data)
+            self._health.count("transactions")
+            try:
+                response = await self.link.transact(request, reply_timeout + wire)
+            except ModbusError as exc:
+                self._after_failure(exc)
+                raise
+            finally:
+                self._quiet_until = asyncio.get_running_loop().time() + self._silence
+            self._timeouts = 0
+        if table in ("coil", "discrete"):
+            return list(response.bits[:count])
+        return list(response.registers)
+
+    async def _wait_quiet(self) -> None:
+        wait = self._quiet_until - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def _after_failure(self, exc: ModbusError) -> None:
+        if not isinstance(exc, ResponseTimeoutError) or self.cfg.kind != "tcp":
+            return
+        self._timeouts += 1
+        if self._timeouts >= _TCP_RESET_AFTER:
+            # A half-open TCP connection only times out; a fresh one tells.
+            self._timeouts = 0
+            self._health.count("reconnects")
+            self.link.close()
+
+    async def _ensure_open(self) -> None:
+        if self.link.is_open:
+            return
+        async with self._opening:
+            if self.link.is_open:
+                return
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._retry_at:
+                raise PortUnavailableError(self._down or "port unavailable")
+            try:
+                await self.link.open()
+            except PortUnavailableError as exc:
+                self._retry_at = loop.time() + self._backoff.next_delay()
+                if self._down is None:
+                    self._log.warning("bus %s unavailable: %s", self.cfg.describe(), exc)
+                self._down = str(exc)
+                self._health.count("open_failures")
+                raise
+            self._backoff.reset()
+            self._health.count("opens")
+            if self._down is not None:
+                self._log.info("bus %s is back", self.cfg.describe())
+                self._down = None
+
+    def close(self) -> None:
+        self.link.close()
