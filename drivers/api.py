@@ -110,6 +110,14 @@ class Sink(Protocol):
         """Wall-clock milliseconds since the epoch (the daemon marks an unsynced clock)."""
         ...
 
+    def backlog(self) -> int:
+        """Readings emitted but not yet written to the buffer.
+
+        Only a driver that can produce faster than any field bus (a replay, the ``sim``
+        driver's flood mode) needs it: pause while it is high.
+        """
+        ...
+
 
 class StateStore(Protocol):
     """Small durable key/value state a driver may keep (e.g. LoRaWAN frame counters)."""

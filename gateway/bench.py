@@ -1,127 +1,178 @@
-"""``streetgate bench``: the whole pipeline against a real local broker, measured."""
+"""``streetgate bench``: the real daemon, as its own process, against a real local broker.
+
+The daemon runs ``streetgate run`` with the ``sim`` driver in flood mode; this process only
+starts things, verifies every batch it receives (on the other core) and reads the daemon's
+own counters from /proc: CPU time, peak RSS (VmHWM) and bytes written to storage.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
-import resource
+import queue
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from buffer.store import Store
-from drivers.api import DriverContext, Reading
+from drivers.api import DriverContext
 from drivers.sim import SimDriver
 from drivers.sim.config import SimConfig
 from gateway.broker import Mosquitto
-from gateway.config import parse_config
-from gateway.daemon import Gateway
+from gateway.cose import kid_for
+from gateway.subscriber import BatchSubscriber
+from gateway.verify import Verifier
+from provisioning.keys import load_or_create_signing_key
 
 __all__ = ["run_bench"]
 
-_MAX_PENDING = 50_000
+_PER_DEVICE = 4  # the sim driver's default points per device
 
 
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+@dataclass
+class _Proc:
+    proc: subprocess.Popen[bytes]
 
+    def _read(self, name: str) -> str:
+        return (Path("/proc") / str(self.proc.pid) / name).read_text()
 
-def _disk_written() -> int | None:
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
+    def cpu_s(self) -> float:
+        fields = self._read("stat").rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def peak_rss_mb(self) -> float:
+        for line in self._read("status").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def written(self) -> int:
+        for line in self._read("io").splitlines():
             if line.startswith("write_bytes:"):
                 return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+        return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
-def _config(state: Path, port: int) -> Any:
-    return parse_config({
-        "gateway": {"id": "cab-bench", "state_dir": str(state)},
-        "buffer": {"commit_window": "50ms", "commit_rows": 20000, "max_size": "2GiB"},
-        "uplink": {"port": port, "batch_max_readings": 20000, "batch_linger": "0ms",
-                   "max_inflight": 16, "max_packet_size": "1MiB", "status_interval": "1h"},
-    }, file="bench.toml")
+def _config(path: Path, state: Path, port: int, driver: str) -> Path:
+    path.write_text(f"""
+[gateway]
+id = "cab-bench"
+state_dir = "{state}"
+log_level = "warning"
+[buffer]
+commit_window = "50ms"
+commit_rows = 20000
+max_size = "1GiB"
+[uplink]
+port = {port}
+batch_max_readings = 20000
+batch_linger = "0ms"
+max_inflight = 16
+max_packet_size = "1MiB"
+status_interval = "1h"
+{driver}""")
+    return path
 
 
-def _sim(points: int) -> SimDriver:
-    per_device = 4
-    cfg = SimConfig(devices=max(1, points // per_device), interval=1.0, mode="flood", seed=1)  # type: ignore[arg-type]
-    return SimDriver(cfg, DriverContext.standalone("bench", "sim"))
+def _start(conf: Path) -> _Proc:
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "gateway", "run", "--config", str(conf)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _Proc(proc)
 
 
-async def _e2e(state: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
-    gw = Gateway(_config(state, broker.port))
-    task = asyncio.create_task(gw.run())
-    await gw.ready.wait()
-    while not (gw.uplink and gw.uplink.connected):  # noqa: ASYNC110 - one-off wait at start
-        await asyncio.sleep(0.01)
-    sim = _sim(points)
-    disk0, cpu0, t0 = _disk_written(), _cpu(), time.perf_counter()
-    ts0, tick, sent = time.time_ns() // 1_000_000, 0, 0
-    while sent < readings:
-        assert gw.store is not None  # noqa: S101
-        if gw.store.pending() > _MAX_PENDING:
-            await asyncio.sleep(0.001)
+def _verifier(state: Path) -> Verifier:
+    key = load_or_create_signing_key(state / "keys" / "signing.key")
+    return Verifier({kid_for(key.public_key()): key.public_key()})
+
+
+def _collect(sub: BatchSubscriber, verifier: Verifier, want: int, timeout: float) -> tuple[int, int]:
+    """Verify messages until ``want`` readings arrived; returns (readings, wire bytes)."""
+    got = wire = 0
+    deadline = time.monotonic() + timeout
+    while got < want and time.monotonic() < deadline:
+        try:
+            _topic, payload = sub.messages.get(timeout=0.5)
+        except queue.Empty:
             continue
-        batch: list[Reading] = sim._tick(tick, ts0 + tick * 1000)  # noqa: SLF001
-        batch = batch[: readings - sent]
-        gw.emit(batch)
-        sent += len(batch)
-        tick += 1
-        if tick % 8 == 0:
-            await asyncio.sleep(0)
-    await gw.wait_drained(timeout=600)
-    elapsed = time.perf_counter() - t0
-    cpu = _cpu() - cpu0
-    disk1 = _disk_written()
-    assert gw.uplink is not None  # noqa: S101
-    wire = gw.uplink.counters["bytes"]
-    delivered = gw.counters["delivered"]
-    gw.stop()
-    await task
-    return {
-        "e2e_readings_per_s": round(delivered / elapsed),
-        "wire_bytes_per_reading": round(wire / max(1, delivered), 2),
-        "disk_bytes_per_reading": (round((disk1 - disk0) / max(1, delivered), 1)
-                                   if disk0 is not None and disk1 is not None else None),
-        "cpu_s_per_100k": round(cpu / max(1, delivered) * 100_000, 3),
-        "e2e_delivered": delivered,
-    }
+        wire += len(payload)
+        res = verifier.feed(payload)
+        got += len(res.readings)
+    return got, wire
 
 
-async def _drain(state: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
-    cfg = _config(state, broker.port)
-    path = cfg.gateway.path(cfg.buffer.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(path, max_bytes=int(cfg.buffer.max_size))
-    sim = _sim(points)
+def _e2e(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
+    state = work / "e2e"
+    verifier = _verifier(state)
+    driver = (f'[[drivers.sim]]\ninstance = "bench"\ndevices = {max(1, points // _PER_DEVICE)}\n'
+              f'mode = "flood"\nmax_readings = {readings}\nseed = 1\n')
+    conf = _config(work / "e2e.toml", state, broker.port, driver)
+    sub = BatchSubscriber(broker.host, broker.port, "streetgate/+/batch")
+    sub.start()
+    daemon = _start(conf)
+    try:
+        t0 = time.perf_counter()
+        got, wire = _collect(sub, verifier, readings, timeout=600)
+        elapsed = time.perf_counter() - t0
+        cpu, rss, disk = daemon.cpu_s(), daemon.peak_rss_mb(), daemon.written()
+    finally:
+        daemon.stop()
+        sub.stop()
+    return {"readings_per_s": round(got / elapsed), "wire": round(wire / max(1, got), 2),
+            "cpu": round(cpu / max(1, got) * 100_000, 3), "rss": round(rss, 1),
+            "disk": round(disk / max(1, got), 1), "got": got}
+
+
+def _fill(path: Path, readings: int, points: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sim = SimDriver(SimConfig(devices=max(1, points // _PER_DEVICE), mode="flood", seed=2),  # type: ignore[arg-type]
+                    DriverContext.standalone("bench", "sim"))
+    store = Store(path, max_bytes=1 << 30)
     ts0, tick, filled = time.time_ns() // 1_000_000, 0, 0
     while filled < readings:
         batch = sim._tick(tick, ts0 + tick * 1000)[: readings - filled]  # noqa: SLF001
         store.append(batch)
         filled += len(batch)
         tick += 1
-        if store.pending() >= _MAX_PENDING:
+        if store.pending() >= 50_000:
             store.commit()
-    store.commit()
     store.close()
-    await asyncio.to_thread(broker.stop)
-    gw = Gateway(cfg)
-    task = asyncio.create_task(gw.run())
-    await gw.ready.wait()
-    t0 = time.perf_counter()
-    await asyncio.to_thread(broker.start)
-    await gw.wait_drained(timeout=600)
-    elapsed = time.perf_counter() - t0
-    delivered = gw.counters["delivered"]
-    gw.stop()
-    await task
-    return {"drain_readings_per_s": round(delivered / elapsed), "drain_delivered": delivered}
+
+
+def _drain(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
+    state = work / "drain"
+    verifier = _verifier(state)
+    _fill(state / "buffer.db", readings, points)
+    conf = _config(work / "drain.toml", state, broker.port, "")
+    broker.stop()
+    daemon = _start(conf)
+    try:
+        time.sleep(1.0)  # the daemon is up and finds its broker gone
+        broker.start()
+        sub = BatchSubscriber(broker.host, broker.port, "streetgate/+/batch")
+        sub.start()
+        t0 = time.perf_counter()
+        got, _wire = _collect(sub, verifier, readings, timeout=600)
+        elapsed = time.perf_counter() - t0
+        rss = daemon.peak_rss_mb()
+        sub.stop()
+    finally:
+        daemon.stop()
+    return {"readings_per_s": round(got / elapsed), "rss": round(rss, 1), "got": got}
 
 
 def run_bench(*, readings: int = 1_000_000, points: int = 100,
@@ -130,19 +181,20 @@ def run_bench(*, readings: int = 1_000_000, points: int = 100,
     with tempfile.TemporaryDirectory(prefix="streetgate-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "broker") as broker:
-            e2e = asyncio.run(_e2e(work / "e2e", broker, readings, points))
-            drain = asyncio.run(_drain(work / "drain", broker, readings, points))
+            e2e = _e2e(work, broker, readings, points)
+            drain = _drain(work, broker, readings, points)
     result: dict[str, Any] = {
-        "e2e_readings_per_s": e2e["e2e_readings_per_s"],
-        "drain_readings_per_s": drain["drain_readings_per_s"],
-        "wire_bytes_per_reading": e2e["wire_bytes_per_reading"],
-        "disk_bytes_per_reading": e2e["disk_bytes_per_reading"],
-        "cpu_s_per_100k": e2e["cpu_s_per_100k"],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "e2e_readings_per_s": e2e["readings_per_s"],
+        "drain_readings_per_s": drain["readings_per_s"],
+        "wire_bytes_per_reading": e2e["wire"],
+        "disk_bytes_per_reading": e2e["disk"],
+        "cpu_s_per_100k": e2e["cpu"],
+        "peak_rss_mb": max(e2e["rss"], drain["rss"]),
         "readings": readings,
         "points": points,
-        "lost": (readings - e2e["e2e_delivered"]) + (readings - drain["drain_delivered"]),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "lost": (readings - e2e["got"]) + (readings - drain["got"]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, Python "
+                   f"{platform.python_version()}, {platform.platform(terse=True)}",
     }
     if modbus:
         from drivers.modbus.bench import bench_modbus  # noqa: PLC0415

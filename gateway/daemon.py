@@ -42,6 +42,10 @@ class _Sink:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    def backlog(self) -> int:
+        store = self._gw.store
+        return store.pending() if store is not None else 0
+
 
 class Gateway:
     """One running gateway. ``await run()`` until ``stop()``; then it drains and returns 0."""

@@ -22,6 +22,10 @@ from drivers.sim import generators
 from drivers.sim.config import SimConfig
 
 
+#: Pause flooding while this many readings wait for the buffer's group commit.
+_FLOOD_BACKLOG = 20_000
+
+
 class SimDriver(Driver[SimConfig]):
     """Counters, sine waves, random walks and switches on N simulated devices."""
 
@@ -52,7 +56,11 @@ class SimDriver(Driver[SimConfig]):
         tick = 0
         if self.config.mode == "flood":
             ts0 = sink.now_ms()
+            backlog = getattr(sink, "backlog", lambda: 0)  # sinks written before backlog()
             while limit is None or self.emitted < limit:
+                if backlog() > _FLOOD_BACKLOG:
+                    await asyncio.sleep(0.002)
+                    continue
                 batch = self._tick(tick, ts0 + tick * step_ms)
                 if limit is not None:
                     batch = batch[: limit - self.emitted]
