@@ -102,20 +102,17 @@ class Reading(NamedTuple):
 
 
 class Sink(Protocol):
-    """Where a driver sends readings. ``emit`` never blocks and never raises on a slow uplink."""
+    """Where a driver sends readings. ``emit`` never blocks and never raises on a slow uplink.
+
+    The daemon's sink also has ``backlog() -> int``: readings emitted but not yet written to
+    the buffer. Only a driver that can produce faster than any field bus (a replay, the
+    ``sim`` driver's flood mode) needs it: pause while it is high.
+    """
 
     def emit(self, readings: Iterable[Reading]) -> None: ...
 
     def now_ms(self) -> int:
         """Wall-clock milliseconds since the epoch (the daemon marks an unsynced clock)."""
-        ...
-
-    def backlog(self) -> int:
-        """Readings emitted but not yet written to the buffer.
-
-        Only a driver that can produce faster than any field bus (a replay, the ``sim``
-        driver's flood mode) needs it: pause while it is high.
-        """
         ...
 
 

@@ -100,7 +100,8 @@ def _verifier(state: Path) -> Verifier:
     return Verifier({kid_for(key.public_key()): key.public_key()})
 
 
-def _collect(sub: BatchSubscriber, verifier: Verifier, want: int, timeout: float) -> tuple[int, int]:
+def _collect(sub: BatchSubscriber, verifier: Verifier, want: int,
+             timeout: float) -> tuple[int, int]:
     """Verify messages until ``want`` readings arrived; returns (readings, wire bytes)."""
     got = wire = 0
     deadline = time.monotonic() + timeout
@@ -139,7 +140,7 @@ def _e2e(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str,
 
 def _fill(path: Path, readings: int, points: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sim = SimDriver(SimConfig(devices=max(1, points // _PER_DEVICE), mode="flood", seed=2),  # type: ignore[arg-type]
+    sim = SimDriver(SimConfig(devices=max(1, points // _PER_DEVICE), mode="flood", seed=2),
                     DriverContext.standalone("bench", "sim"))
     store = Store(path, max_bytes=1 << 30)
     ts0, tick, filled = time.time_ns() // 1_000_000, 0, 0

@@ -13,7 +13,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.api import DriverContext, Duration, load
 from drivers.lora import lorawan
@@ -23,7 +23,10 @@ from drivers.lora.points import Decoded
 from drivers.lora.sessions import Device, Outcome
 from drivers.lora.sim import DEFAULT_EUI, ForwarderSimulator, demo_devices, parse_devices
 
-__all__ = ["cmd_decode", "cmd_listen", "cmd_sim_forwarder", "device_tables",
+if TYPE_CHECKING:
+    from drivers.lora.simmodem import ModemSimulator
+
+__all__ = ["cmd_decode", "cmd_listen", "cmd_sim_forwarder", "cmd_sim_modem", "device_tables",
            "register_forwarder", "register_modem"]
 
 _KINDS = ("lora_forwarder", "lora_modem")
@@ -93,9 +96,18 @@ def register_forwarder(sim: Any, tools: Any) -> None:
 
 def register_modem(sim: Any) -> None:
     """Add ``sim lora-modem``."""
-    from drivers.lora import simmodem  # noqa: PLC0415
-
-    simmodem.register(sim, _devices_args, _duration)
+    p = sim.add_parser("lora-modem", aliases=["lora_modem"],
+                       help="play a LoRa UART module (RN2483 or transparent) on a pty")
+    _devices_args(p)
+    p.add_argument("--link", default="./ttyLORA",
+                   help="symlink to create for the pty (point the driver's port here)")
+    p.add_argument("--mode", choices=["rn2483", "transparent"], default="rn2483")
+    p.add_argument("--payload", choices=["lorawan", "raw"], default="lorawan")
+    p.add_argument("--encoding", choices=["hex", "base64", "binary"], default="hex",
+                   help="transparent mode: how packets are written")
+    p.add_argument("--interval", type=_duration, default=5.0, help="time between packets")
+    p.add_argument("--count", type=int, default=0, help="packets to send (0: until Ctrl-C)")
+    p.set_defaults(func=cmd_sim_modem)
 
 
 # -- device tables ------------------------------------------------------------------------------
@@ -153,6 +165,31 @@ async def _run_sim(sim: ForwarderSimulator, count: int) -> int:
         print(f"no PUSH_ACK received: is the gateway listening on {sim.target[0]}:"
               f"{sim.target[1]}?", file=sys.stderr)
         return 1
+    return 0
+
+
+# -- sim lora-modem -----------------------------------------------------------------------------
+def cmd_sim_modem(args: argparse.Namespace) -> int:
+    from drivers.lora.simmodem import ModemSimulator  # noqa: PLC0415 - needs a pty, POSIX only
+
+    devices = load_device_configs(args.config, args.instance)
+    sim = ModemSimulator(Path(args.link).absolute(), devices, mode=args.mode,
+                         payload=args.payload, encoding=args.encoding, interval=args.interval)
+    return asyncio.run(_serve_modem(sim, args.count))
+
+
+async def _serve_modem(sim: ModemSimulator, count: int) -> int:
+    sim.plug()
+    print(f"{sim.mode} module on {sim.link.readlink()}, linked as {sim.link}; Ctrl-C to stop",
+          flush=True)
+    try:
+        while count == 0 or sim.counters["packets"] < count:
+            await asyncio.sleep(sim.interval)
+            sim.tick()
+    finally:
+        await sim.close()
+    print(f"packets {sim.counters['packets']}, missed (not receiving) {sim.counters['missed']}, "
+          f"commands {sim.counters['commands']}")
     return 0
 
 
@@ -237,6 +274,14 @@ def _points(decoded: Decoded) -> dict[str, Any]:
     return pts
 
 
+def _shown(payload: str | None) -> str:
+    if payload is None:
+        return "not decrypted (no AppSKey)"
+    text = bytes.fromhex(payload)
+    printable = text and all(32 <= b < 127 for b in text)
+    return f"{payload or '-'} {text.decode('ascii')!r}" if printable else payload or "-"
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     try:
         report, code = decode_report(args)
@@ -256,7 +301,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             ("FOpts", report["fopts"] or "-"), ("FPort", report["fport"]),
             ("FRMPayload", report["frm_payload"] or "-"),
             ("MIC", f"{mic['received']} {check}"),
-            ("Payload", report.get("payload", "not decrypted (no AppSKey)"))]
+            ("Payload", _shown(report.get("payload")))]
     rows += [(f"  {name}", f"{p['value']} {p['unit'] or ''}".rstrip() if isinstance(p, dict)
               else p) for name, p in report.get("points", {}).items()]
     for label, value in rows:
@@ -294,6 +339,9 @@ class _Discard:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def backlog(self) -> int:
+        return 0
 
 
 async def _listen(cfg: ForwarderConfig, *, count: int, duration: float, as_json: bool) -> int:

@@ -9,21 +9,20 @@ modules just write each received packet (here hex, base64 or binary, as configur
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
 import contextlib
 import os
 import tty
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from drivers.lora.config import DeviceConfig
 from drivers.lora.sim import demo_devices, parse_devices, sample_payload, uplink_for
 
-__all__ = ["ModemSimulator", "modem_setup", "register"]
+__all__ = ["BANNER", "ModemSimulator", "modem_setup"]
 
 BANNER = "RN2483 1.0.5 Oct 31 2018 15:06:52"
 _GARBAGE = (b"\xff\x00\xfe", b"radio_rx  ZZ\r\n", b"radio_rx  ABC\r\n", b"\x00\x00\x00\r\n",
@@ -216,42 +215,3 @@ async def modem_setup(workdir: Path, *, interval: float = 0.1) -> AsyncIterator[
         yield ModemSetup(sim, config)
     finally:
         await sim.close()
-
-
-def register(sim: Any, devices_args: Callable[[argparse.ArgumentParser], None],
-             duration: Callable[[str], float]) -> None:
-    """Add ``streetgate sim lora-modem``."""
-    p = sim.add_parser("lora-modem", aliases=["lora_modem"],
-                       help="play a LoRa UART module (RN2483 or transparent) on a pty")
-    devices_args(p)
-    p.add_argument("--link", default="./ttyLORA",
-                   help="symlink to create for the pty (point the driver's port here)")
-    p.add_argument("--mode", choices=["rn2483", "transparent"], default="rn2483")
-    p.add_argument("--payload", choices=["lorawan", "raw"], default="lorawan")
-    p.add_argument("--encoding", choices=["hex", "base64", "binary"], default="hex",
-                   help="transparent mode: how packets are written")
-    p.add_argument("--interval", type=duration, default=5.0, help="time between packets")
-    p.add_argument("--count", type=int, default=0, help="packets to send (0: until Ctrl-C)")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from drivers.lora.cli import load_device_configs  # noqa: PLC0415
-
-    devices = load_device_configs(args.config, args.instance)
-    if not devices:
-        return 2
-    sim = ModemSimulator(Path(args.link).absolute(), devices, mode=args.mode,
-                         payload=args.payload, encoding=args.encoding, interval=args.interval)
-    return asyncio.run(_serve(sim, args.count))
-
-
-async def _serve(sim: ModemSimulator, count: int) -> int:
-    sim.plug()
-    try:
-        while count == 0 or sim.counters["packets"] < count:
-            await asyncio.sleep(sim.interval)
-            sim.tick()
-    finally:
-        await sim.close()
-    return 0

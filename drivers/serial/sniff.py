@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -149,9 +150,12 @@ def _pick_device(base: SerialConfig | None, name: str | None) -> Any:
 
 
 def show(frame: bytes) -> str:
-    """Text frames quoted, binary frames in hex."""
-    if all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in frame):
+    """Text quoted, text with a few odd bytes as escapes, binary in hex."""
+    printable = sum(0x20 <= b < 0x7F or b in (9, 10, 13) for b in frame)
+    if printable == len(frame):
         return repr(frame.decode("ascii"))
+    if printable >= 0.75 * len(frame):
+        return repr(frame)
     return frame.hex(" ")
 
 
@@ -262,14 +266,31 @@ async def run_sniff(cfg: SniffSetup, args: argparse.Namespace, out: Out) -> int:
         out(f"-- sniffing {cfg.port} at {cfg.baudrate} {cfg.bytesize}{cfg.parity}"
             f"{cfg.stopbits}, framing {cfg.framing.mode}, decoder "
             f"{decoder_cfg.type if decoder_cfg else 'raw'}")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(args.duration):
-                await _pump(link, sniffer, query, args.count)
+        await _until_done(_pump(link, sniffer, query, args.count), args.duration)
         link.close()
         for line in sniffer.summary():
             out(line)
     ok = sniffer.tally.decoded if decoder else sniffer.tally.frames
     return 0 if ok else 1
+
+
+async def _until_done(work: Coroutine[Any, Any, None], duration: float | None) -> None:
+    """Run ``work`` until it ends, ``duration`` passes, or Ctrl-C (then still summarize)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    tasks = [asyncio.create_task(work), asyncio.create_task(interrupted.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)
+    if not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
+        raise exc
 
 
 async def _pump(link: SerialLink, sniffer: Sniffer, query: QueryConfig | None,
@@ -295,6 +316,4 @@ def sniff(args: argparse.Namespace, out: Out) -> int:
     except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
         out(f"streetgate serial sniff: {exc}")
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_sniff(setup, args, out))
-    return 130
+    return asyncio.run(run_sniff(setup, args, out))

@@ -21,7 +21,6 @@ from drivers.api import (
 from drivers.sim import generators
 from drivers.sim.config import SimConfig
 
-
 #: Pause flooding while this many readings wait for the buffer's group commit.
 _FLOOD_BACKLOG = 20_000
 
