@@ -33,6 +33,11 @@ def register(sub: Any) -> None:
     p.add_argument("--save-batches", metavar="DIR", type=Path)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("new-driver", help="write a driver package to start from")
+    p.add_argument("name", help="driver name (lowercase, e.g. air_probe)")
+    p.add_argument("--dir", type=Path, default=Path(), help="where to write it")
+    p.set_defaults(func=cmd_new_driver)
+
     p = sub.add_parser("bench", help="throughput, bytes per reading, CPU and memory")
     p.add_argument("--readings", type=int, default=1_000_000)
     p.add_argument("--points", type=int, default=100)
@@ -149,4 +154,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for k, v in result.items():
             print(f"{k:<28} {v}")
         print(f"(bench took {time.monotonic() - t0:.1f}s)")
+    return 0
+
+
+def cmd_new_driver(args: argparse.Namespace) -> int:
+    from gateway.newdriver import generate  # noqa: PLC0415
+
+    try:
+        root = generate(args.name, args.dir)
+    except (ValueError, FileExistsError) as exc:
+        print(f"streetgate new-driver: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {root}: `pip install -e {root}` then `streetgate drivers` lists {args.name}")
     return 0

@@ -7,22 +7,13 @@ its reference encoder and a strict decoder.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from itertools import groupby, repeat
-from operator import itemgetter, mul, sub, truediv
-from typing import Any
+from operator import and_, eq, itemgetter, mul, sub, truediv
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from buffer.types import Gap, Row
-from drivers.api import Value
 from gateway._wire import (
-    _GOOD,
-    _POW10,
-    _QUALITIES,
-    _UINT_END,
-    _VALUE_TYPES,
     CORE_KEYS,
     DECIMAL,
     FORMAT_VERSION,
@@ -36,15 +27,26 @@ from gateway._wire import (
     K_SERIES,
     K_T0,
     K_VERSION,
+    MAX_MANTISSA,
     MAX_READINGS,
     OPT_BAD_VALUES,
     OPT_QUALITY,
     PLAIN,
+    POW10,
+    QUALITIES,
+    UINT_END,
+    VALUE_TYPES,
     Batch,
     BatchFormatError,
     decode,
 )
 from gateway.cose import strict_loads
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from buffer.types import Gap, Row
+    from drivers.api import Value
 
 __all__ = ["FORMAT_VERSION", "MAX_READINGS", "Batch", "BatchFormatError", "decode_batch",
            "encode_batch"]
@@ -63,36 +65,60 @@ def _isize(v: int) -> int:
         return 3
     if n < 0x100000000:
         return 5
-    return 9 if n < _UINT_END else 3 + (n.bit_length() + 7) // 8
+    return 9 if n < UINT_END else 3 + (n.bit_length() + 7) // 8
 
 
-def _rle(deltas: Sequence[int]) -> list[Any]:
+def _has_triple(items: Sequence[Any]) -> bool:
+    """Whether three neighbours are equal (``==``): the shortest run worth writing."""
+    pairs = list(map(eq, items[1:], items[:-1]))
+    return any(map(and_, pairs[1:], pairs[:-1]))
+
+
+def _rle(deltas: list[int]) -> list[Any]:
     """Delta items: each a delta, or ``[count, delta]`` for a run where that is shorter."""
+    if len(deltas) < 3:
+        return deltas
+    first = deltas[0]
+    if deltas.count(first) == len(deltas):  # lockstep seqs and timestamps: one run
+        return _run(len(deltas), first) or deltas
+    if not _has_triple(deltas):
+        return deltas
     out: list[Any] = []
     for d, group in groupby(deltas):
         k = len(list(group))
         if k == 1:
             out.append(d)
-        elif k >= 3 and k * _isize(d) > 1 + _isize(k) + _isize(d):
-            out.append([k, d])
         else:
-            out.extend(repeat(d, k))
+            out.extend(_run(k, d) or repeat(d, k))
     return out
+
+
+def _run(k: int, d: int) -> list[list[int]] | None:
+    """``[[k, d]]`` when the run is shorter than k copies of d, else None."""
+    if k >= 3 and k * _isize(d) > 1 + _isize(k) + _isize(d):
+        return [[k, d]]
+    return None
 
 
 def _same(v: Value) -> tuple[type, Any]:
     # Runs must not merge True with 1, 1 with 1.0, or 0.0 with -0.0.
-    return (float, v.hex()) if type(v) is float else (type(v), v)  # type: ignore[union-attr]
+    return (float, v.hex()) if type(v) is float else (type(v), v)
 
 
 def _plain_items(values: Sequence[Value]) -> list[Any]:
-    """Native values; ``[count, value]`` for a run of 3+ (or 2 strings) equal values."""
+    """Native values; ``[count, value]`` for a run of 3 or more equal values."""
+    kinds = set(map(type, values))
+    if len(kinds) == 1 and float not in kinds:  # one exact type: == is sameness
+        if not _has_triple(values):
+            return list(values)
+        groups: Iterable[Iterable[Value]] = (g for _v, g in groupby(values))
+    else:
+        groups = (g for _k, g in groupby(values, key=_same))
     out: list[Any] = []
-    for _key, group in groupby(values, key=_same):
+    for group in groups:
         run = list(group)
-        v = run[0]
-        if len(run) >= 3 or (len(run) == 2 and isinstance(v, str | bytes) and len(v) > 1):
-            out.append([len(run), v])
+        if len(run) >= 3:
+            out.append([len(run), run[0]])
         else:
             out.extend(run)
     return out
@@ -101,7 +127,7 @@ def _plain_items(values: Sequence[Value]) -> list[Any]:
 def _places(v: float) -> int | None:
     """Fewest decimals k with ``round(v * 10**k) / 10**k == v``; None when there is none."""
     try:
-        for k, scale in enumerate(_POW10):
+        for k, scale in enumerate(POW10):
             if round(v * scale) / scale == v:
                 return k
     except (ValueError, OverflowError):  # NaN, infinities
@@ -113,7 +139,7 @@ def _decimal_column(values: tuple[float, ...]) -> list[Any] | None:
     """``[2, k, m0, *delta items]`` when every value is exactly ``m / 10**k``, else None."""
     k = _places(values[0])
     while k is not None:
-        scale = _POW10[k]
+        scale = POW10[k]
         try:
             mantissas = list(map(round, map(mul, values, repeat(scale))))
         except (ValueError, OverflowError):
@@ -126,7 +152,7 @@ def _decimal_column(values: tuple[float, ...]) -> list[Any] | None:
         k = max(n for n in needs if n is not None)
     else:
         return None
-    if max(mantissas) > _MAX_MANTISSA or min(mantissas) < -_MAX_MANTISSA:
+    if max(mantissas) > MAX_MANTISSA or min(mantissas) < -MAX_MANTISSA:
         return None
     if 0.0 in values and any(math.copysign(1.0, v) < 0 for v in values if v == 0):
         return None  # -0.0 would come back as 0.0
@@ -138,15 +164,16 @@ def _value_column(values: tuple[Value, ...]) -> list[Any]:
     if kinds == {int}:
         ints: tuple[int, ...] = values  # type: ignore[assignment]
         deltas = list(map(sub, ints[1:], ints[:-1]))
-        if _isize(ints[0]) + sum(map(_isize, deltas)) <= sum(map(_isize, ints)):
+        # Deltas when they are no wider than the values (counters, slow-moving readings).
+        if _isize(max(map(abs, deltas), default=0)) <= _isize(max(map(abs, ints))):
             return [INT_DELTA, ints[0], *_rle(deltas)]
     elif kinds == {float}:
         column = _decimal_column(values)  # type: ignore[arg-type]
         if column is not None:
             return column
-    elif not kinds <= _VALUE_TYPES:
+    elif not kinds <= VALUE_TYPES:
         raise ValueError(f"values must be bool, int, float, str, bytes or None; got "
-                         f"{sorted(t.__name__ for t in kinds - _VALUE_TYPES)}")
+                         f"{sorted(t.__name__ for t in kinds - VALUE_TYPES)}")
     return [PLAIN, *_plain_items(values)]
 
 
@@ -160,7 +187,7 @@ def _split_quality(quals: tuple[int, ...], values: tuple[Value, ...]) -> tuple[
     for code, group in groupby(quals):
         k = len(list(group))
         if code:
-            if code not in _QUALITIES:
+            if code not in QUALITIES:
                 raise ValueError(f"quality {code!r} is not a drivers.api.Quality")
             runs.append([i, code] if k == 1 else [i, code, k])
             bad.extend(values[i:i + k])
@@ -181,13 +208,18 @@ class _Encoder:
         self.t0 = t0
         self.series: list[list[Any]] = []
 
-    def ref(self, s: str) -> str | int:
-        i = self.strings.get(s)
-        if i is not None and _isize(i) <= len(s):
-            return i
-        self.strings.setdefault(s, self.n_strings)
-        self.n_strings += 1
-        return s
+    def refs(self, parts: list[str]) -> list[str | int]:
+        """Each part as a table index when that is shorter, else as text (appended)."""
+        out: list[str | int] = []
+        for part in parts:
+            i = self.strings.get(part)
+            if i is not None and (i < 24 or _isize(i) <= len(part)):
+                out.append(i)
+            else:
+                self.strings.setdefault(part, self.n_strings)
+                self.n_strings += 1
+                out.append(part)
+        return out
 
     def add(self, point: str, unit: str | None, group: list[Row]) -> None:
         seqs, _, _, tss, values, quals = zip(*group, strict=True)
@@ -196,10 +228,8 @@ class _Encoder:
             group.sort(key=itemgetter(0))
             seqs, _, _, tss, values, quals = zip(*group, strict=True)
             deltas = list(map(sub, seqs[1:], seqs[:-1]))
-        if not set(map(type, tss)) <= {int}:
-            raise ValueError(f"point {point!r}: timestamps must be int milliseconds")
-        name = [self.ref(part) for part in point.split("/")]
-        item: list[Any] = [name, None if unit is None else self.ref(unit),
+        item: list[Any] = [self.refs(point.split("/")), None if unit is None else
+                           self.refs([unit])[0],
                            [seqs[0] - self.prev_first, *_rle(deltas)], self._ts(tss)]
         self.prev_first = seqs[0]
         if any(quals):
@@ -227,7 +257,7 @@ def _check_header(gateway_id: str, epoch: int, batch_seq: int,
     if not isinstance(gateway_id, str) or not gateway_id:
         raise ValueError("gateway_id must be a non-empty string")
     for name, v in (("epoch", epoch), ("batch_seq", batch_seq)):
-        if type(v) is not int or not 0 <= v < _UINT_END:
+        if type(v) is not int or not 0 <= v < UINT_END:
             raise ValueError(f"{name} must be an unsigned 64-bit int; got {v!r}")
     for key in extra or ():
         if type(key) is not int or key in CORE_KEYS:
@@ -273,6 +303,8 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
     if rows or gaps:
         doc[K_FIRST_SEQ], doc[K_LAST_SEQ] = _seq_range(rows, gaps)
     if rows:
+        if not set(map(type, map(itemgetter(3), rows))) <= {int}:
+            raise ValueError("timestamps must be int milliseconds")
         t0 = min(map(itemgetter(3), rows))
         encoder = _Encoder(doc[K_FIRST_SEQ], t0)
         for (point, unit), group in _group(rows).items():
@@ -283,7 +315,7 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
         doc[K_GAPS] = [[g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, list(g.points),
                         bool(g.points_truncated)] for g in gaps]
     doc.update(extra or {})
-    # Canonical mode writes each float in the shortest form that keeps it exact (RFC 8949 §4.2.2).
+    # Canonical mode writes each float in its shortest exact form (RFC 8949 §4.1).
     return cbor2.dumps(doc, canonical=True)
 
 

@@ -106,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway._toml import dumps  # noqa: PLC0415
-    from gateway.config import load_config, resolved  # noqa: PLC0415
+    from gateway.config import check_fragment, load_config, resolved  # noqa: PLC0415
 
+    fragment = check_fragment(args.file)
+    if fragment is not None:
+        print(f"# {args.file}: driver sections OK ({len(fragment)} instance(s); "
+              "no [gateway] section, so checked as a fragment)")
+        print(dumps({"drivers": fragment}), end="")
+        return 0
     cfg = load_config(args.file)
     print(f"# {args.file}: OK ({len(cfg.drivers)} driver instance(s))")
     print(dumps(resolved(cfg)), end="")

@@ -131,6 +131,29 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Config:
     return parse_config(raw, file=name, registry=registry)
 
 
+def check_fragment(path: str | Path) -> dict[str, list[dict[str, Any]]] | None:
+    """Validate a file holding only ``[[drivers.*]]`` tables (a driver's example.toml).
+
+    Returns the resolved driver tables, or None when the file is a whole gateway config.
+    """
+    name = Path(path).name
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # load_config reports it properly
+    if "gateway" in raw or "drivers" not in raw:
+        return None
+    issues: list[ConfigIssue] = [ConfigIssue(k, "unknown key in a driver fragment")
+                                 for k in raw if k != "drivers"]
+    drivers = _load_drivers(raw["drivers"], name, load_registry(), issues)
+    if issues:
+        raise ConfigError(name, issues)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for d in drivers:
+        out.setdefault(d.driver, []).append({"instance": d.instance, **dump(d.config)})
+    return out
+
+
 def parse_config(raw: dict[str, Any], *, file: str, registry: Registry | None = None) -> Config:
     issues: list[ConfigIssue] = []
     core: _Core | None = None

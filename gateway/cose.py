@@ -11,14 +11,19 @@ Exceptions::
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from provisioning.keys import key_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "ALG_EDDSA",
@@ -56,7 +61,7 @@ class SignatureError(VerifyError):
     """The signature does not verify with the key the kid names."""
 
 
-def _reject_tag(decoder: Any) -> Any:
+def _reject_tag(_value: Any, _immutable: bool) -> Any:
     raise cbor2.CBORDecodeError("semantic tags other than bignums are not allowed")
 
 
@@ -64,10 +69,10 @@ def _reject_tag(decoder: Any) -> Any:
 # sets, ...). Only bignums (RFC 8949 §3.4.3) may appear in a batch; other tags reach tag_hook.
 _BUILTIN_TAGS = (0, 1, 4, 5, 25, 28, 29, 30, 32, 35, 36, 37, 38, 52, 54, 100, 256, 258, 260,
                  261, 262, 263, 1004, 55799)
-_STRICT_TAGS = {tag: _reject_tag for tag in _BUILTIN_TAGS}
+_STRICT_TAGS = dict.fromkeys(_BUILTIN_TAGS, _reject_tag)
 
 
-def _keep_tag(_decoder: Any, tag: cbor2.CBORTag) -> cbor2.CBORTag:
+def _keep_tag(tag: cbor2.CBORTag, _immutable: bool) -> cbor2.CBORTag:
     return tag
 
 
@@ -90,7 +95,7 @@ def strict_loads(data: bytes, *, what: str, allow_tags: bool = False) -> Any:
     return item
 
 
-def _reject_unknown_tag(_decoder: Any, tag: cbor2.CBORTag) -> Any:
+def _reject_unknown_tag(tag: cbor2.CBORTag, _immutable: bool) -> Any:
     raise cbor2.CBORDecodeError(f"semantic tag {tag.tag} is not allowed here")
 
 
@@ -111,7 +116,7 @@ def sign1(payload: bytes, key: Ed25519PrivateKey, kid: bytes) -> bytes:
                                                       signature]))
 
 
-def _envelope(message: bytes) -> list[Any]:
+def _envelope(message: bytes) -> Sequence[Any]:
     try:
         item = strict_loads(message, what="COSE_Sign1", allow_tags=True)
     except ValueError as exc:
@@ -119,13 +124,14 @@ def _envelope(message: bytes) -> list[Any]:
     if not isinstance(item, cbor2.CBORTag) or item.tag != COSE_SIGN1_TAG:
         raise CoseFormatError("COSE_Sign1: expected CBOR tag 18 (RFC 9052 §4.2)")
     body = item.value
-    if not isinstance(body, list) or len(body) != 4:
+    if not isinstance(body, list | tuple) or len(body) != 4:
         raise CoseFormatError("COSE_Sign1: expected an array of 4 items (RFC 9052 §4.2)")
     return body
 
 
-def _headers(protected: Any, unprotected: Any) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
+def _headers(protected: Any, unprotected: Any) -> tuple[Mapping[Any, Any], Mapping[Any, Any]]:
+    # Inside a tag cbor2 decodes immutably: arrays as tuples, maps as frozendict (a Mapping).
+    if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
         raise CoseFormatError("COSE_Sign1: headers must be a bstr and a map (RFC 9052 §3)")
     try:
         prot = strict_loads(protected, what="COSE_Sign1 protected header") if protected else {}

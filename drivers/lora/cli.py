@@ -67,7 +67,10 @@ def register_forwarder(sim: Any, tools: Any) -> None:
     p.add_argument("--malformed-every", type=int, default=0, metavar="N")
     p.add_argument("--confirmed", action="store_true", help="send confirmed uplinks")
     p.set_defaults(func=cmd_sim_forwarder)
+    _register_tools(tools)
 
+
+def _register_tools(tools: Any) -> None:
     lora = tools.add_parser("lora", help="LoRa field tools").add_subparsers(
         dest="lora_command", metavar="TOOL")
     lora.required = True
@@ -173,6 +176,9 @@ def cmd_sim_modem(args: argparse.Namespace) -> int:
     from drivers.lora.simmodem import ModemSimulator  # noqa: PLC0415 - needs a pty, POSIX only
 
     devices = load_device_configs(args.config, args.instance)
+    if not devices:
+        print("no devices to simulate", file=sys.stderr)
+        return 2
     sim = ModemSimulator(Path(args.link).absolute(), devices, mode=args.mode,
                          payload=args.payload, encoding=args.encoding, interval=args.interval)
     return asyncio.run(_serve_modem(sim, args.count))

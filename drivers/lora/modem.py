@@ -170,6 +170,8 @@ class LoraModemDriver(Driver[ModemConfig]):
                 self.port_health.failure(f"radio rx 0 answered {reply!r}", "rx_refused")
                 await asyncio.sleep(self.config.reply_timeout)
                 return
+            if not self.port_health.ok:
+                self.port_health.success()  # receiving again after a refusal
             line = self._pending.popleft() if self._pending else await self._next(
                 self.config.rearm)
             if line is None:

@@ -45,6 +45,8 @@ class ModemSimulator:
         self.fcnt = dict.fromkeys((d.name for d in self.devices), fcnt_start)
         self.counters: collections.Counter[str] = collections.Counter()
         self.garbage = False
+        #: Answer "radio rx 0" with invalid_param (a module left in LoRaWAN mode).
+        self.refuse_rx = False
         self.armed = False
         self.commands: list[str] = []
         self._fds: tuple[int, int] | None = None
@@ -114,6 +116,8 @@ class ModemSimulator:
 
     def _answer(self, cmd: str) -> str:
         if cmd == "radio rx 0":
+            if self.refuse_rx:
+                return "invalid_param"
             if self.armed:
                 return "busy"
             self.armed = True

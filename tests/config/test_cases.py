@@ -58,3 +58,12 @@ def test_example_config_checks_and_masks_secrets(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[2] / "drivers").glob(
+    "*/example.toml")), ids=lambda p: p.parent.name)
+def test_every_driver_example_passes_streetgate_check(example: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check", str(example)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "driver sections OK" in proc.stdout

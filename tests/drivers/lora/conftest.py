@@ -40,6 +40,9 @@ class RecordingSink:
     def now_ms(self) -> int:
         return int(time.time() * 1000)
 
+    def backlog(self) -> int:
+        return 0
+
     def points(self) -> set[str]:
         return {r.point for r in self.readings}
 

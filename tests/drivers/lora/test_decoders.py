@@ -72,7 +72,8 @@ def test_every_type_is_covered() -> None:
 
 
 @pytest.mark.parametrize(("type_id", "raw", "expected"), EVERY_TYPE)
-def test_every_cayenne_type(type_id: int, raw: str, expected: dict[str, tuple[object, str]]) -> None:
+def test_every_cayenne_type(type_id: int, raw: str,
+                            expected: dict[str, tuple[float, str | None]]) -> None:
     payload = bytes([7, type_id]) + bytes.fromhex(raw)
     assert len(payload) == 2 + cayenne.TYPES[type_id].size
     decoded = cayenne.decode(payload)
@@ -96,7 +97,8 @@ def test_integers_stay_integers() -> None:
 ])
 def test_cayenne_errors_keep_what_decoded(payload: str, error: str, kept: int) -> None:
     decoded = cayenne.decode(bytes.fromhex(payload))
-    assert decoded.error is not None and error in decoded.error
+    assert decoded.error is not None
+    assert error in decoded.error
     assert len(decoded.points) == kept
 
 
@@ -155,13 +157,15 @@ def test_struct_short_payload_and_fport_filter() -> None:
     result = structdec.decode(fields, 1, b"\x05\x00")
     assert {p.name: (p.value, p.quality) for p in result.points} == {
         "a": (5, Quality.GOOD), "b": (None, Quality.MALFORMED)}
-    assert result.error is not None and "b" in result.error
+    assert result.error is not None
+    assert "b" in result.error
     assert [p.name for p in structdec.decode(fields, 2, b"\x05").points] == ["a", "b", "c"]
 
 
 def test_struct_non_finite_float_is_out_of_range() -> None:
     got = decode([field(name="t", offset=0, type="f32")], struct.pack(">f", math.nan))
-    assert got["t"].quality is Quality.OUT_OF_RANGE and got["t"].value is None
+    assert got["t"].quality is Quality.OUT_OF_RANGE
+    assert got["t"].value is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,8 +9,13 @@ from pathlib import Path
 
 from drivers.api import Reading
 from drivers.lora import cayenne
-from drivers.lora.sim import ForwarderSimulator, demo_devices, free_udp_port, parse_devices, \
-    sample_payload
+from drivers.lora.sim import (
+    ForwarderSimulator,
+    demo_devices,
+    free_udp_port,
+    parse_devices,
+    sample_payload,
+)
 from tests.helpers.e2e import deliver
 from tests.helpers.mosquitto import Mosquitto
 
@@ -37,7 +42,7 @@ def test_sensor_to_verified_batch(mosquitto: Mosquitto, tmp_path: Path) -> None:
 
             result = await deliver(drivers, mosquitto, tmp_path / "state", until=enough)
             assert result.duplicates == 0
-            health = result.health["lora"]
+            health = result.health["lora"]["health"]
             assert health["devices"]["sensor-1"]["counters"]["ok"] >= 4
             errors = sum(d["counters"].get("mic_errors", 0) + d["counters"].get("duplicates", 0)
                          for d in health["devices"].values())
@@ -47,7 +52,8 @@ def test_sensor_to_verified_batch(mosquitto: Mosquitto, tmp_path: Path) -> None:
             await sim.close()
 
     readings = asyncio.run(main())
-    fcnt = [r.value for r in readings if r.point == "lora/sensor-1/fcnt"]
+    fcnt = [int(r.value) for r in readings if r.point == "lora/sensor-1/fcnt"
+            and isinstance(r.value, int)]
     assert fcnt == sorted(set(fcnt))  # each frame once, in order: no replay got through
     temps = {r.ts: r.value for r in readings if r.point == "lora/sensor-1/temperature_1"}
     sent = {cayenne.decode(sample_payload(devices[0], n)[1]).points[0].value for n in fcnt}

@@ -16,8 +16,16 @@ from hypothesis import strategies as st
 from buffer.store import Store
 from drivers.api import Quality, Reading
 from drivers.lora import LoraForwarderDriver, cayenne, gwmp
-from drivers.lora.sim import (ForwarderSimulator, demo_devices, forwarder_setup, free_udp_port,
-                              garbage_datagrams, parse_devices, sample_payload, uplink_for)
+from drivers.lora.sim import (
+    ForwarderSimulator,
+    demo_devices,
+    forwarder_setup,
+    free_udp_port,
+    garbage_datagrams,
+    parse_devices,
+    sample_payload,
+    uplink_for,
+)
 from tests.drivers.lora.conftest import RecordingSink, StoreState, context, running, wait_for
 
 EUI = "AA555A0000000001"
@@ -109,7 +117,8 @@ def test_acks_echo_version_and_token(state: StoreState) -> None:
             answers = [await r.client.answer() for _ in range(5)]
             assert answers[-1] == bytes([2, 0, 7, 4])
             gw = r.health["concentrator"][EUI]
-            assert gw["pull_data"] == 2 and gw["address"].startswith("127.0.0.1:")
+            assert gw["pull_data"] == 2
+            assert gw["address"].startswith("127.0.0.1:")
     asyncio.run(go())
 
 
@@ -126,7 +135,8 @@ def test_uplinks_become_verified_readings(state: StoreState) -> None:
             assert by_point["lora/sensor-1/snr"].value == -4.25
             assert by_point["lora/sensor-1/snr"].unit == "dB"
             assert by_point["lora/sensor-1/fcnt"].value == 0
-            expected = {p.name: p.value for p in cayenne.decode(sample_payload(sensor, 0)[1]).points}
+            sent = cayenne.decode(sample_payload(sensor, 0)[1])
+            expected = {p.name: p.value for p in sent.points}
             assert {k: by_point[f"lora/sensor-1/{k}"].value for k in expected} == expected
             assert by_point["lora/sensor-1/temperature_1"].unit == "Cel"
             assert by_point["lora/sensor-2/volume"].unit == "m3"
@@ -226,7 +236,8 @@ class CheckingSink(RecordingSink):
             stored = reader.kv_get(self.key)
         finally:
             reader.close()
-        assert stored is not None and int.from_bytes(stored, "big") == fcnt
+        assert stored is not None
+        assert int.from_bytes(stored, "big") == fcnt
         self.checked += 1
         super().emit(batch)
 
@@ -283,7 +294,8 @@ def test_stat_goes_to_health_and_foreign_gateways_are_ignored(state: StoreState)
             await wait_for(lambda: r.counter("foreign_gateway") == 1)
             await wait_for(lambda: "stat" in r.health["concentrator"].get(EUI, {}))
             assert r.health["concentrator"][EUI]["stat"] == stat
-            assert r.client.answers.empty() and r.sink.readings == []
+            assert r.client.answers.empty()
+            assert r.sink.readings == []
     asyncio.run(go())
 
 

@@ -41,7 +41,9 @@ def test_kirby_parse_mic_and_decrypt() -> None:
     # lora-packet test_parse.js "should parse packet", test_mic.js, test_decrypt.js.
     phy = bytes.fromhex("40F17DBE4900020001954378762B11FF0D")
     f = lorawan.parse_data_frame(phy)
-    assert f.mtype is MType.UNCONFIRMED_UP and f.uplink and not f.confirmed
+    assert f.mtype is MType.UNCONFIRMED_UP
+    assert f.uplink
+    assert not f.confirmed
     assert f.dev_addr_hex == "49BE7DF1"
     assert (f.fctrl, f.fcnt16, f.fopts, f.fport) == (0, 2, b"", 1)
     assert f.frm_payload.hex() == "95437876"
@@ -56,7 +58,8 @@ def test_kirby_parse_mic_and_decrypt() -> None:
 def test_kirby_empty_payload_and_bad_mic() -> None:
     # lora-packet test_mic.js: "2a3518af" valid, "...aa" is the bodged MIC.
     good = lorawan.parse_data_frame(bytes.fromhex("40F17DBE49000300012A3518AF"))
-    assert good.fport == 1 and good.frm_payload == b""
+    assert good.fport == 1
+    assert good.frm_payload == b""
     assert lorawan.verify_mic(good, KIRBY_NWK, 3)
     bad = lorawan.parse_data_frame(bytes.fromhex("40F17DBE49000300012A3518AA"))
     assert not lorawan.verify_mic(bad, KIRBY_NWK, 3)
@@ -67,7 +70,8 @@ def test_kirby_large_payload() -> None:
     phy = bytes.fromhex("40f17dbe490004000155332de41a11adc072553544429ce7787707d1c316e027e7"
                         "e5e334263376affb8aa17ad30075293f28dea8a20af3c5e7")
     f = lorawan.parse_data_frame(phy)
-    assert f.fcnt16 == 4 and f.mic.hex() == "0af3c5e7"
+    assert f.fcnt16 == 4
+    assert f.mic.hex() == "0af3c5e7"
     assert lorawan.verify_mic(f, KIRBY_NWK, 4)
     assert lorawan.crypt_frm_payload(KIRBY_APP, f.frm_payload, dev_addr=f.dev_addr, fcnt=4) \
         == b"The quick brown fox jumps over the lazy dog."
@@ -88,7 +92,9 @@ def test_kirby_wrong_key_and_flipped_bit() -> None:
 def test_kirby_downlink_ack_mic() -> None:
     # lora-packet test_mic.js "for ACK": an unconfirmed downlink, Dir = 1 in B0.
     f = lorawan.parse_data_frame(bytes.fromhex("60f17dbe4920020001f9d65d27"))
-    assert f.mtype is MType.UNCONFIRMED_DOWN and not f.uplink and f.ack
+    assert f.mtype is MType.UNCONFIRMED_DOWN
+    assert not f.uplink
+    assert f.ack
     assert lorawan.verify_mic(f, KIRBY_NWK, 2)
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from drivers.api import Quality
 from drivers.lora import LoraModemDriver
-from drivers.lora.simmodem import BANNER, ModemSimulator, modem_setup
 from drivers.lora.sim import demo_devices, parse_devices
+from drivers.lora.simmodem import BANNER, ModemSimulator, modem_setup
 from tests.drivers.lora.conftest import RecordingSink, StoreState, context, running, wait_for
 
 
@@ -20,7 +20,7 @@ async def modem(tmp_path: Path, state: Any, tables: list[dict[str, Any]],
                 **options: Any) -> AsyncIterator[tuple[LoraModemDriver, ModemSimulator,
                                                        RecordingSink]]:
     link = tmp_path / "ttyLORA"
-    sim_opts = {k: options.pop(k) for k in ("payload", "encoding") if k in options}
+    sim_opts: dict[str, Any] = {k: options.pop(k) for k in ("payload", "encoding") if k in options}
     mode = options.get("mode", "rn2483")
     sim = ModemSimulator(link, parse_devices(tables), mode=mode, interval=0.05, **sim_opts)
     sim.plug()
@@ -88,13 +88,14 @@ def test_noise_is_counted_and_reception_continues(tmp_path: Path, state: StoreSt
             before = len(sink.values("uart/sensor-1/fcnt"))
             await wait_for(lambda: len(sink.values("uart/sensor-1/fcnt")) > before + 1)
             counters = drv.health.counters
-            assert counters["malformed_lines"] >= 2 and counters["unexpected_lines"] >= 1
+            assert counters["malformed_lines"] >= 2
+            assert counters["unexpected_lines"] >= 1
             assert all(r.quality is Quality.GOOD for r in sink.readings)
     asyncio.run(go())
 
 
 def test_transparent_raw_payloads_with_device_prefix(tmp_path: Path, state: StoreState) -> None:
-    tables = [{"name": "air-1", "match": "A1"},
+    tables: list[dict[str, Any]] = [{"name": "air-1", "match": "A1"},
               {"name": "meter-2", "match": "B2", "decoder": "struct", "fields": [
                   {"name": "level", "offset": 0, "type": "u16", "scale": 0.1, "unit": "m"}]}]
 
@@ -137,4 +138,19 @@ def test_contract_setup_stop_start_malformed(tmp_path: Path, state: StoreState) 
                 await setup.heal()
                 before = len(sink.readings)
                 await wait_for(lambda: len(sink.readings) > before)
+    asyncio.run(go())
+
+
+def test_refused_receive_is_reported_and_retried(tmp_path: Path, state: StoreState) -> None:
+    async def go() -> None:
+        async with modem(tmp_path, state, demo_devices(1, random_keys=True)) as (drv, sim, sink):
+            await wait_for(lambda: len(sink.values("uart/sensor-1/fcnt")) >= 1)
+            sim.refuse_rx = True
+            await wait_for(lambda: drv.port_health.counters.get("rx_refused", 0) >= 1)
+            assert not drv.port_health.ok
+            assert "invalid_param" in (drv.port_health.last_error or "")
+            sim.refuse_rx = False
+            before = len(sink.values("uart/sensor-1/fcnt"))
+            await wait_for(lambda: len(sink.values("uart/sensor-1/fcnt")) > before)
+            assert drv.port_health.ok
     asyncio.run(go())

@@ -110,6 +110,24 @@ def test_encode_decode_round_trip(kind: str, order: str, data: st.DataObject) ->
     got, quality = codec.decode(p, list(regs))
     assert quality is Quality.GOOD
     if kind == "f32":
-        assert struct.pack(">f", got) == struct.pack(">f", value)  # type: ignore[arg-type]
+        assert struct.pack(">f", got) == struct.pack(">f", value)
     else:
         assert got == value
+
+
+def _shortest_by_brute_force(x: float) -> float:
+    exact = struct.pack(">f", x)
+    for digits in range(1, 10):
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if struct.pack(">f", candidate) == exact:
+                return candidate
+        except OverflowError:
+            continue
+    return x
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_short_f32_is_shortest(x: float) -> None:
+    assert codec.short_f32(x) == _shortest_by_brute_force(x)

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from drivers.api import load
 from drivers.modbus.config import DeviceConfig
-from drivers.modbus.sim import device_unit
+from drivers.modbus.sim import Fault, device_unit
 
 from ._harness import Recorder, bus_table, make_driver, running, simulated, wait_until
 
@@ -40,16 +41,12 @@ def _units(spec: dict[str, Any]) -> list[Any]:
         for raw in sim.get("raw", []):
             unit.write(raw["table"], raw["address"], raw["items"])
         if "fault" in sim:
-            from drivers.modbus.sim import Fault  # noqa: PLC0415
-
             unit.fault = Fault.parse(sim["fault"])
         units.append(unit)
     return units
 
 
 def _point_configs(dev: dict[str, Any]) -> list[Any]:
-    from drivers.api import load  # noqa: PLC0415
-
     table = {"name": dev["name"], "unit": dev["unit"], "points": dev.get("points", [])}
     if "profile" in dev:
         table["profile"] = dev["profile"]

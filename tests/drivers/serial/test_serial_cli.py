@@ -228,7 +228,7 @@ def test_sniff_usage_errors(capsys, argv: list[str], message: str) -> None:
 def test_sniff_takes_settings_from_a_gateway_config(capsys, tmp_path, raw_pty) -> None:
     dev = raw_pty()
     gateway = tmp_path / "gateway.toml"
-    gateway.write_text(f'''
+    gateway.write_text(f"""
 [[drivers.serial]]
 instance = "other"
 port = "/dev/null"
@@ -238,9 +238,15 @@ devices = [{{ name = "x", decoder = {{ type = "keyvalue" }} }}]
 instance = "probe"
 port = "{dev.link}"
 framing = {{ mode = "line", terminator = "\\n" }}
-devices = [{{ name = "th", decoder = {{ type = "regex", pattern = 'T=(?P<t>[\\d.]+)',
-            fields = [{{ name = "t", type = "float", unit = "Cel" }}] }} }}]
-''')
+
+[[drivers.serial.devices]]
+name = "th"
+
+[drivers.serial.devices.decoder]
+type = "regex"
+pattern = 'T=(?P<t>[\\d.]+)'
+fields = [{{ name = "t", type = "float", unit = "Cel" }}]
+""")
     with talking(dev, b"T=21.5\n"):
         rc, out = sniff(capsys, "--config", str(gateway), "--instance", "probe", "--count",
                         "1", "--duration", "5")

@@ -1,0 +1,98 @@
+"""Verified readings as SenML JSON (RFC 8428), so the platform side can use standard tooling.
+
+A good reading becomes a resolved-style record: ``n`` (the point, after the pack's base name
+``bn`` = ``<gateway_id>/``), ``u``, ``t`` (seconds since the epoch, RFC 8428 §4.5.3) and one
+value field: ``v`` (numbers), ``vb`` (bool), ``vs`` (text) or ``vd`` (bytes, base64url without
+padding, RFC 8428 §4.3 and RFC 4648 §5).
+
+Two extension fields cover what RFC 8428 cannot say. Both end in ``_``: RFC 8428 §4.4 makes
+such labels must-understand (a receiver that does not know them must fail, not misread),
+which is right because these records lack the value field §4.2 otherwise requires:
+
+``q_``
+    why a reading carries no measurement: the ``drivers.api.Quality`` name in lower case
+    (``"timeout"``, ``"crc_error"``, ``"exception"``, ...). A value field, when present, is
+    the diagnostic the device gave (e.g. the Modbus exception code), not a measurement.
+``nf_``
+    a non-finite float, which JSON cannot carry: ``"nan"``, ``"inf"`` or ``"-inf"``.
+
+Pass ``include_bad=False`` for packs that plain RFC 8428 tooling must accept: bad-quality
+readings are then left out, and a non-finite value is the only way an extension appears.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from drivers.api import Quality, Reading
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from drivers.api import Value
+
+__all__ = ["NONFINITE_FIELD", "QUALITY_FIELD", "SenMLError", "senml_json", "senml_records"]
+
+QUALITY_FIELD = "q_"
+NONFINITE_FIELD = "nf_"
+# RFC 8428 §4.5.1: the concatenated name's character set and first character.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
+
+
+class SenMLError(ValueError):
+    """A reading that cannot be written as valid SenML (e.g. a name outside RFC 8428 §4.5.1)."""
+
+
+_LABELS: dict[type, str] = {bool: "vb", int: "v", float: "v", str: "vs", bytes: "vd"}
+
+
+def _value_fields(value: Value) -> dict[str, Any]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {NONFINITE_FIELD: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, bytes):
+        return {"vd": base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")}
+    label = _LABELS.get(type(value))
+    return {} if label is None else {label: value}
+
+
+def _record(reading: Reading) -> dict[str, Any]:
+    rec: dict[str, Any] = {"n": reading.point}
+    if reading.unit is not None:
+        rec["u"] = reading.unit
+    rec["t"] = reading.ts / 1000
+    rec.update(_value_fields(reading.value))
+    if reading.quality != Quality.GOOD:
+        rec[QUALITY_FIELD] = Quality(reading.quality).name.lower()
+    elif reading.value is None:
+        rec[QUALITY_FIELD] = "empty"  # a good reading without a value: say so, never v=0
+    return rec
+
+
+def senml_records(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]], *,
+                  include_bad: bool = True) -> list[dict[str, Any]]:
+    """SenML records for ``readings`` (``Reading`` or ``(seq, Reading)``), base name first."""
+    base = f"{gateway_id}/"
+    out: list[dict[str, Any]] = []
+    for item in readings:
+        reading = item if isinstance(item, Reading) else item[1]
+        if not include_bad and (reading.quality != Quality.GOOD or reading.value is None):
+            continue
+        if not _NAME.fullmatch(base + reading.point):
+            raise SenMLError(f"SenML name {base + reading.point!r} uses characters outside "
+                             "A-Z a-z 0-9 - : . / _ (RFC 8428 §4.5.1)")
+        rec = _record(reading)
+        if not out:
+            rec = {"bn": base, **rec}
+        out.append(rec)
+    return out
+
+
+def senml_json(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]], *,
+               include_bad: bool = True) -> str:
+    """The SenML pack as compact JSON text (``application/senml+json``, RFC 8428 §5)."""
+    return json.dumps(senml_records(gateway_id, readings, include_bad=include_bad),
+                      separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,277 @@
+"""The verifier: signature, key, order, duplicates and gaps, for the platform side.
+
+Delivery is at-least-once, so a reading may arrive more than once; it is identified by
+``(gateway_id, epoch, seq)``. Per ``(gateway, epoch)`` the verifier keeps the set of seqs
+delivered (and those the gateway reported dropped) as intervals, passes on only readings not
+seen before, and reports what is still missing. docs/wire-format.md, "Receiving", is the spec.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from gateway.batch import Batch, BatchFormatError, decode_batch
+from gateway.cose import CoseFormatError, SignatureError, UnknownKeyError, open1
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from buffer.types import Gap
+    from drivers.api import Reading
+
+__all__ = ["IntervalSet", "Result", "Status", "Verifier"]
+
+Status = Literal["ok", "duplicate", "replay", "bad-signature", "unknown-key", "malformed"]
+_STATE_VERSION = 1
+
+
+class IntervalSet:
+    """A set of integers kept as sorted, disjoint, non-adjacent closed intervals."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for lo, hi in ranges:
+            self.add(lo, hi)
+
+    def add(self, lo: int, hi: int) -> None:
+        """Add ``lo..hi`` (inclusive), merging with touching intervals."""
+        i = bisect.bisect_left(self._ends, lo - 1)
+        j = bisect.bisect_right(self._starts, hi + 1)
+        if i < j:
+            lo = min(lo, self._starts[i])
+            hi = max(hi, self._ends[j - 1])
+        self._starts[i:j] = [lo]
+        self._ends[i:j] = [hi]
+
+    def add_sorted(self, values: Iterable[int]) -> None:
+        """Add ascending integers, one interval per consecutive run."""
+        lo = hi = None
+        for v in values:
+            if hi is not None and v == hi + 1:
+                hi = v
+                continue
+            if lo is not None and hi is not None:
+                self.add(lo, hi)
+            lo = hi = v
+        if lo is not None and hi is not None:
+            self.add(lo, hi)
+
+    def __contains__(self, v: object) -> bool:
+        if not isinstance(v, int):
+            return False
+        i = bisect.bisect_right(self._starts, v) - 1
+        return i >= 0 and self._ends[i] >= v
+
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether every integer in ``lo..hi`` is in the set."""
+        i = bisect.bisect_right(self._starts, lo) - 1
+        return i >= 0 and self._ends[i] >= hi
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+    def __len__(self) -> int:
+        """How many integers the set holds."""
+        return sum(hi - lo + 1 for lo, hi in zip(self._starts, self._ends, strict=True))
+
+    def holes(self, other: IntervalSet, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Ranges within ``lo..hi`` in neither this set nor ``other``."""
+        merged = IntervalSet(self.ranges())
+        for a, b in other.ranges():
+            merged.add(a, b)
+        out: list[tuple[int, int]] = []
+        cur = lo
+        for a, b in merged.ranges():
+            if b < cur:
+                continue
+            if a > hi:
+                break
+            if a > cur:
+                out.append((cur, a - 1))
+            cur = b + 1
+        if cur <= hi:
+            out.append((cur, hi))
+        return out
+
+
+@dataclass
+class _Stream:
+    """What one gateway's one epoch has delivered so far."""
+
+    delivered: IntervalSet = field(default_factory=IntervalSet)
+    dropped: IntervalSet = field(default_factory=IntervalSet)
+    highest_batch: int = -1
+    low: int | None = None
+    high: int | None = None
+
+    def see(self, lo: int, hi: int) -> None:
+        self.low = lo if self.low is None else min(self.low, lo)
+        self.high = hi if self.high is None else max(self.high, hi)
+
+    def missing(self) -> list[tuple[int, int]]:
+        if self.low is None or self.high is None:
+            return []
+        return self.delivered.holes(self.dropped, self.low, self.high)
+
+
+@dataclass
+class Result:
+    """What :meth:`Verifier.feed` made of one message."""
+
+    status: Status
+    gateway_id: str = ""
+    epoch: int | None = None
+    batch_seq: int | None = None
+    kid: bytes | None = None
+    #: Readings not delivered before, sorted by seq (empty unless status is "ok").
+    readings: list[tuple[int, Reading]] = field(default_factory=list)
+    #: Readings in this batch that had already been delivered.
+    duplicates: int = 0
+    #: Eviction records not reported before.
+    gaps: list[Gap] = field(default_factory=list)
+    #: Seq ranges of this epoch neither delivered nor reported dropped, below the highest seen.
+    missing: list[tuple[int, int]] = field(default_factory=list)
+    #: The batch_seq is not above the highest accepted (a resend after a reconnect).
+    out_of_order: bool = False
+    #: Why the message was rejected, in one line (None when accepted).
+    error: str | None = None
+    received_ms: int | None = None
+    #: received_ms minus the newest new reading's timestamp, when both are known.
+    lag_ms: int | None = None
+    extra: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def rejected(self) -> bool:
+        """Not authentic, not well-formed, or a replay ("duplicate" is a benign resend)."""
+        return self.status not in ("ok", "duplicate")
+
+
+class Verifier:
+    """Checks signed batches and passes on each reading once (state kept in memory).
+
+    ``keys`` maps key id to public key. ``gateways`` optionally binds a key id to the one
+    gateway id it may sign for; a batch claiming another gateway is rejected as unknown-key.
+    ``origin`` is the first seq of every epoch (the buffer starts at 1): with it, readings
+    before the first one received count as missing; without it, holes start at the lowest
+    seq seen (right for a verifier that joins a gateway's life midway).
+    """
+
+    def __init__(self, keys: Mapping[bytes, Ed25519PublicKey], *,
+                 gateways: Mapping[bytes, str] | None = None, origin: int | None = None) -> None:
+        self.keys = dict(keys)
+        self.gateways = dict(gateways or {})
+        self.origin = origin
+        self._streams: dict[tuple[str, int], _Stream] = {}
+        self._stats: dict[str, Any] = {
+            "batches": 0, "readings": 0, "duplicates": 0, "duplicate_batches": 0,
+            "out_of_order": 0, "gaps": 0, "dropped_by_gap": 0, "rejected": {}}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters; ``rejected`` maps status (replay, bad-signature, ...) to a count."""
+        return {**self._stats, "rejected": dict(self._stats["rejected"])}
+
+    def _reject(self, status: Status, error: str, **info: Any) -> Result:
+        rejected = self._stats["rejected"]
+        rejected[status] = rejected.get(status, 0) + 1
+        return Result(status, error=error, **info)
+
+    def _open(self, message: bytes, received_ms: int | None) -> Result | tuple[bytes, Batch]:
+        try:
+            kid, payload = open1(message, self.keys)
+            batch = decode_batch(payload)
+        except CoseFormatError as exc:
+            return self._reject("malformed", str(exc), received_ms=received_ms)
+        except UnknownKeyError as exc:
+            return self._reject("unknown-key", str(exc), received_ms=received_ms)
+        except SignatureError as exc:
+            return self._reject("bad-signature", str(exc), received_ms=received_ms)
+        except BatchFormatError as exc:
+            return self._reject("malformed", str(exc), kid=kid, received_ms=received_ms)
+        bound = self.gateways.get(kid)
+        if bound is not None and bound != batch.gateway_id:
+            return self._reject("unknown-key", f"key {kid.hex()} signs for {bound!r}, not for "
+                                f"{batch.gateway_id!r}", kid=kid, received_ms=received_ms)
+        return kid, batch
+
+    def feed(self, message: bytes, *, received_ms: int | None = None) -> Result:
+        """Verify one message and return what is new in it."""
+        opened = self._open(message, received_ms)
+        if isinstance(opened, Result):
+            return opened
+        kid, batch = opened
+        info: dict[str, Any] = {"gateway_id": batch.gateway_id, "epoch": batch.epoch,
+                                "batch_seq": batch.batch_seq, "kid": kid,
+                                "received_ms": received_ms}
+        stream = self._streams.setdefault((batch.gateway_id, batch.epoch),
+                                          _Stream(low=self.origin))
+        new = [(s, r) for s, r in batch.readings if s not in stream.delivered]
+        new_gaps = [g for g in batch.gaps if not stream.dropped.covers(g.first_seq, g.last_seq)]
+        dupes = len(batch.readings) - len(new)
+        late = batch.batch_seq <= stream.highest_batch
+        if not new and not new_gaps and late:
+            self._stats["duplicates"] += dupes
+            return self._reject("replay", f"batch {batch.batch_seq} is not above "
+                                f"{stream.highest_batch} and carries nothing new",
+                                duplicates=dupes, missing=stream.missing(), **info)
+        if not new and not new_gaps and batch.readings:
+            # Authentic, with a new batch_seq, all readings already here: the gateway resent
+            # a batch whose acknowledgement it lost. Benign at-least-once delivery.
+            stream.highest_batch = batch.batch_seq
+            self._stats["duplicates"] += dupes
+            self._stats["duplicate_batches"] += 1
+            return Result("duplicate", duplicates=dupes, missing=stream.missing(), **info)
+        self._commit(stream, batch, new, new_gaps, dupes, late=late)
+        lag = (received_ms - max(r.ts for _s, r in new)
+               if received_ms is not None and new else None)
+        return Result("ok", readings=new, duplicates=dupes, gaps=new_gaps,
+                      missing=stream.missing(), out_of_order=late, lag_ms=lag,
+                      extra=batch.extra, **info)
+
+    def _commit(self, stream: _Stream, batch: Batch, new: list[tuple[int, Reading]],
+                new_gaps: list[Gap], dupes: int, *, late: bool) -> None:
+        stream.delivered.add_sorted(s for s, _r in new)
+        for g in new_gaps:
+            stream.dropped.add(g.first_seq, g.last_seq)
+        if batch.first_seq is not None and batch.last_seq is not None:
+            stream.see(batch.first_seq, batch.last_seq)
+        stream.highest_batch = max(stream.highest_batch, batch.batch_seq)
+        st = self._stats
+        st["batches"] += 1
+        st["readings"] += len(new)
+        st["duplicates"] += dupes
+        st["out_of_order"] += int(late)
+        st["gaps"] += len(new_gaps)
+        st["dropped_by_gap"] += sum(g.count for g in new_gaps)
+
+    def missing(self, gateway_id: str, epoch: int) -> list[tuple[int, int]]:
+        """Seq ranges of that stream not delivered and not reported dropped."""
+        stream = self._streams.get((gateway_id, epoch))
+        return stream.missing() if stream is not None else []
+
+    def state(self) -> dict[str, Any]:
+        """The dedup state as JSON-ready data, for :meth:`restore` after a restart."""
+        return {"version": _STATE_VERSION, "stats": self.stats, "streams": [
+            {"gateway_id": gw, "epoch": ep, "highest_batch": s.highest_batch, "low": s.low,
+             "high": s.high, "delivered": s.delivered.ranges(), "dropped": s.dropped.ranges()}
+            for (gw, ep), s in self._streams.items()]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load what :meth:`state` returned (replacing the current state)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"verifier state version {state.get('version')!r} is not supported")
+        self._streams = {
+            (s["gateway_id"], s["epoch"]): _Stream(
+                IntervalSet(map(tuple, s["delivered"])), IntervalSet(map(tuple, s["dropped"])),
+                s["highest_batch"], s["low"], s["high"])
+            for s in state["streams"]}
+        self._stats = {**state["stats"], "rejected": dict(state["stats"]["rejected"])}
