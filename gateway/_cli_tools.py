@@ -17,11 +17,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("verify", help="verify signed batches from files or a broker; print SenML")
     p.add_argument("--key", action="append", default=[], metavar="PUB.pem",
                    help="a gateway public key (repeatable)")
-    p.add_argument("--keys", metavar="DIR", help="directory of *.pem public keys (registrar)")
+    p.add_argument("--keys", metavar="DIR",
+                   help="the registrar's key directory (<kid>.pub.pem, bound to their gateways)"
+                        " or any directory of *.pem public keys")
     p.add_argument("--broker", metavar="HOST:PORT", help="subscribe instead of reading files")
     p.add_argument("--topic", default="streetgate/+/batch")
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
     p.add_argument("--quiet", action="store_true", help="no SenML, only the summary")
+    p.add_argument("--plain-senml", action="store_true",
+                   help="leave out bad-quality readings (no must-understand q_ field)")
+    p.add_argument("--state", metavar="FILE", type=Path,
+                   help="keep dedup and replay state here across runs")
     p.add_argument("files", nargs="*", help="message files or directories of them")
     p.set_defaults(func=cmd_verify)
 
@@ -46,18 +52,26 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def _load_keys(args: argparse.Namespace) -> dict[bytes, Any]:
+def _load_keys(args: argparse.Namespace) -> tuple[dict[bytes, Any], dict[bytes, str]]:
+    """Keys by kid, and the gateway each registrar-recorded key may sign for."""
     from gateway.cose import kid_for  # noqa: PLC0415
+    from provisioning import load_key_directory  # noqa: PLC0415
     from provisioning.keys import load_public_key  # noqa: PLC0415
 
+    keys: dict[bytes, Any] = {}
+    gateways: dict[bytes, str] = {}
     paths = [Path(k) for k in args.key]
     if args.keys:
-        paths += sorted(Path(args.keys).glob("*.pem"))
-    keys = {}
+        for kid, known in load_key_directory(Path(args.keys)).items():
+            keys[bytes.fromhex(kid)] = known.public_key
+            if known.gateway_id:
+                gateways[bytes.fromhex(kid)] = known.gateway_id
+        paths += [p for p in sorted(Path(args.keys).glob("*.pem"))
+                  if not p.name.endswith(".pub.pem")]
     for path in paths:
         pub = load_public_key(path)
         keys[kid_for(pub)] = pub
-    return keys
+    return keys, gateways
 
 
 def _message_files(items: list[str]) -> list[Path]:
@@ -72,32 +86,42 @@ def _message_files(items: list[str]) -> list[Path]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.senml import senml_records  # noqa: PLC0415
+    from gateway.senml import senml_json  # noqa: PLC0415
     from gateway.verify import Verifier  # noqa: PLC0415
 
-    keys = _load_keys(args)
+    keys, gateways = _load_keys(args)
     if not keys:
         print("streetgate verify: give at least one --key or --keys DIR", file=sys.stderr)
         return 2
-    verifier = Verifier(keys)
+    verifier = Verifier(keys, gateways=gateways or None)
+    if args.state and args.state.exists():
+        verifier.restore(json.loads(args.state.read_text()))
     rejected = 0
 
     def handle(name: str, payload: bytes) -> None:
         nonlocal rejected
         res = verifier.feed(payload)
-        if res.status != "ok":
+        if res.rejected:
             rejected += 1
-            print(f"{name}: rejected: {res.status}", file=sys.stderr)
+            why = f" ({res.error})" if res.error else ""
+            print(f"{name}: rejected: {res.status}{why}", file=sys.stderr)
             return
-        if not args.quiet:
-            for rec in senml_records(res.gateway_id, [r for _s, r in res.readings]):
-                print(json.dumps(rec, separators=(",", ":")))
+        if res.status == "duplicate":
+            print(f"{name}: duplicate batch, {res.duplicates} reading(s) already had",
+                  file=sys.stderr)
+        if res.missing:
+            print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
+        if not args.quiet and res.readings:
+            # One SenML pack (RFC 8428 §5) per batch and line.
+            print(senml_json(res.gateway_id, res.readings, include_bad=not args.plain_senml))
 
     if args.broker:
         _verify_broker(args, handle)
     else:
         for path in _message_files(args.files):
             handle(str(path), path.read_bytes())
+    if args.state:
+        args.state.write_text(json.dumps(verifier.state()))
     print(json.dumps({"verify": verifier.stats}), file=sys.stderr)
     return 1 if rejected else 0
 

@@ -172,9 +172,20 @@ def _value_column(values: tuple[Value, ...]) -> list[Any]:
         if column is not None:
             return column
     elif not kinds <= VALUE_TYPES:
-        raise ValueError(f"values must be bool, int, float, str, bytes or None; got "
-                         f"{sorted(t.__name__ for t in kinds - VALUE_TYPES)}")
+        return _value_column(tuple(map(_native, values)))
     return [PLAIN, *_plain_items(values)]
+
+
+def _native(v: Any) -> Value:
+    """The plain built-in value for a subclass (an IntEnum, a bytearray); ValueError if none."""
+    for base in (bool, int, float, str):
+        if isinstance(v, base):
+            return base(v)
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v)
+    if v is None:
+        return None
+    raise ValueError(f"values must be bool, int, float, str, bytes or None; got {v!r}")
 
 
 def _split_quality(quals: tuple[int, ...], values: tuple[Value, ...]) -> tuple[
@@ -187,9 +198,9 @@ def _split_quality(quals: tuple[int, ...], values: tuple[Value, ...]) -> tuple[
     for code, group in groupby(quals):
         k = len(list(group))
         if code:
-            if code not in QUALITIES:
+            if isinstance(code, bool) or code not in QUALITIES:
                 raise ValueError(f"quality {code!r} is not a drivers.api.Quality")
-            runs.append([i, code] if k == 1 else [i, code, k])
+            runs.append([i, int(code)] if k == 1 else [i, int(code), k])
             bad.extend(values[i:i + k])
         else:
             good.extend(values[i:i + k])

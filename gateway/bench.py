@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
+
 from buffer.store import Store
 from drivers.api import DriverContext
 from drivers.sim import SimDriver
 from drivers.sim.config import SimConfig
 from gateway.broker import Mosquitto
-from gateway.cose import kid_for
+from gateway.cose import kid_for, open1
 from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
 from provisioning.keys import load_or_create_signing_key
 
 __all__ = ["run_bench"]
@@ -95,15 +96,21 @@ def _start(conf: Path) -> _Proc:
     return _Proc(proc)
 
 
-def _verifier(state: Path) -> Verifier:
+def _keys(state: Path) -> dict[bytes, Any]:
     key = load_or_create_signing_key(state / "keys" / "signing.key")
-    return Verifier({kid_for(key.public_key()): key.public_key()})
+    return {kid_for(key.public_key()): key.public_key()}
 
 
-def _collect(sub: BatchSubscriber, verifier: Verifier, want: int,
+def _collect(sub: BatchSubscriber, keys: dict[bytes, Any], want: int,
              timeout: float) -> tuple[int, int]:
-    """Verify messages until ``want`` readings arrived; returns (readings, wire bytes)."""
+    """Check every signature until ``want`` readings arrived; returns (readings, wire bytes).
+
+    Readings are counted from each batch's seq range (the bench drops nothing, so the range
+    is exact): a full decode here would measure this process instead of the daemon. The
+    decoder and the verifier have their own tests; the demo decodes everything.
+    """
     got = wire = 0
+    seen: set[int] = set()
     deadline = time.monotonic() + timeout
     while got < want and time.monotonic() < deadline:
         try:
@@ -111,14 +118,17 @@ def _collect(sub: BatchSubscriber, verifier: Verifier, want: int,
         except queue.Empty:
             continue
         wire += len(payload)
-        res = verifier.feed(payload)
-        got += len(res.readings)
+        _kid, body = open1(payload, keys)
+        header = cbor2.loads(body)
+        if 4 in header and header[4] not in seen:
+            seen.add(header[4])
+            got += header[5] - header[4] + 1
     return got, wire
 
 
 def _e2e(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
     state = work / "e2e"
-    verifier = _verifier(state)
+    keys = _keys(state)
     driver = (f'[[drivers.sim]]\ninstance = "bench"\ndevices = {max(1, points // _PER_DEVICE)}\n'
               f'mode = "flood"\nmax_readings = {readings}\nseed = 1\n')
     conf = _config(work / "e2e.toml", state, broker.port, driver)
@@ -127,7 +137,7 @@ def _e2e(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str,
     daemon = _start(conf)
     try:
         t0 = time.perf_counter()
-        got, wire = _collect(sub, verifier, readings, timeout=600)
+        got, wire = _collect(sub, keys, readings, timeout=600)
         elapsed = time.perf_counter() - t0
         cpu, rss, disk = daemon.cpu_s(), daemon.peak_rss_mb(), daemon.written()
     finally:
@@ -156,7 +166,7 @@ def _fill(path: Path, readings: int, points: int) -> None:
 
 def _drain(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
     state = work / "drain"
-    verifier = _verifier(state)
+    keys = _keys(state)
     _fill(state / "buffer.db", readings, points)
     conf = _config(work / "drain.toml", state, broker.port, "")
     broker.stop()
@@ -167,7 +177,7 @@ def _drain(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[st
         sub = BatchSubscriber(broker.host, broker.port, "streetgate/+/batch")
         sub.start()
         t0 = time.perf_counter()
-        got, _wire = _collect(sub, verifier, readings, timeout=600)
+        got, _wire = _collect(sub, keys, readings, timeout=600)
         elapsed = time.perf_counter() - t0
         rss = daemon.peak_rss_mb()
         sub.stop()

@@ -49,6 +49,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     _config_arg(kp)
     kp.add_argument("--key", help="private key file (instead of the config's)")
     kp.set_defaults(func=cmd_key_public)
+    kf = ksub.add_parser("fingerprint", help="print the key id (kid) batches carry")
+    _config_arg(kf)
+    kf.add_argument("--key", help="private key file (instead of the config's)")
+    kf.set_defaults(func=cmd_key_fingerprint)
 
     p = sub.add_parser("buffer", help="inspect the buffer")
     bsub = p.add_subparsers(dest="buffer_command", required=True)
@@ -155,8 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
 
 
-def cmd_key_public(args: argparse.Namespace) -> int:
-    from provisioning.keys import load_or_create_signing_key, public_key_pem  # noqa: PLC0415
+def _signing_key(args: argparse.Namespace) -> Any:
+    from provisioning.keys import load_or_create_signing_key  # noqa: PLC0415
 
     if args.key:
         path = Path(args.key)
@@ -165,8 +169,30 @@ def cmd_key_public(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)
         path = cfg.gateway.path(cfg.gateway.signing_key)
-    key = load_or_create_signing_key(path)
+    return load_or_create_signing_key(path)
+
+
+def cmd_key_public(args: argparse.Namespace) -> int:
+    from provisioning.keys import KeyFileError, public_key_pem  # noqa: PLC0415
+
+    try:
+        key = _signing_key(args)
+    except KeyFileError as exc:
+        print(f"streetgate: {exc}", file=sys.stderr)
+        return 1
     print(public_key_pem(key.public_key()), end="")
+    return 0
+
+
+def cmd_key_fingerprint(args: argparse.Namespace) -> int:
+    from provisioning.keys import KeyFileError, fingerprint  # noqa: PLC0415
+
+    try:
+        key = _signing_key(args)
+    except KeyFileError as exc:
+        print(f"streetgate: {exc}", file=sys.stderr)
+        return 1
+    print(fingerprint(key.public_key()))
     return 0
 
 

@@ -80,7 +80,7 @@ class UplinkConfig:
     keepalive: Duration = option(Duration(30.0), minimum=5, maximum=3600)
     max_inflight: int = option(8, minimum=1, maximum=1000)
     batch_max_readings: int = option(5000, minimum=1, maximum=1_000_000)
-    batch_linger: Duration = option(Duration(0.5), minimum=0, maximum=3600,
+    batch_linger: Duration = option(Duration(2.0), minimum=0, maximum=3600,
                                     doc="wait this long for a fuller batch")
     max_packet_size: ByteSize = option(ByteSize(256 * 1024), minimum=1024)
     reconnect_min: Duration = option(Duration(1.0), minimum=0.05)

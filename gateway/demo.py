@@ -78,9 +78,14 @@ class _Receiver:
         s = self.summary
         s.wire_bytes += len(payload)
         s.duplicates += res.duplicates
-        if res.status != "ok":
+        if not res.authentic:
             s.rejected += 1
-            self._print(f"batch #{self.count}: REJECTED ({res.status})")
+            self._print(f"batch #{self.count}: REJECTED ({res.status}: {res.error})")
+            return
+        if res.status != "ok":
+            # A resend after a lost PUBACK, or a QoS 1 redelivery: authentic, nothing new.
+            self._print(f"batch #{self.count}: {res.status}, "
+                        f"{res.duplicates} duplicate reading(s) dropped")
             return
         s.batches += 1
         s.verified += len(res.readings)

@@ -154,6 +154,11 @@ class Result:
         """Not authentic, not well-formed, or a replay ("duplicate" is a benign resend)."""
         return self.status not in ("ok", "duplicate")
 
+    @property
+    def authentic(self) -> bool:
+        """Signed by a trusted key and well formed (ok, duplicate or replay)."""
+        return self.status in ("ok", "duplicate", "replay")
+
 
 class Verifier:
     """Checks signed batches and passes on each reading once (state kept in memory).

@@ -31,9 +31,10 @@ def test_demo_json_summary_and_saved_batches_verify(tmp_path: Path) -> None:
 
     ok = _cli("verify", "--key", str(saved / "public.pem"), str(saved))
     assert ok.returncode == 0, ok.stderr
-    lines = [json.loads(x) for x in ok.stdout.splitlines()]
-    assert len(lines) == summary["verified"]
-    assert all("n" in rec for rec in lines)
+    packs = [json.loads(x) for x in ok.stdout.splitlines()]
+    assert sum(len(pack) for pack in packs) == summary["verified"]
+    assert all(pack[0]["bn"] == "cab-demo/" for pack in packs)
+    assert all("n" in rec and "t" in rec for pack in packs for rec in pack)
 
     # one byte altered anywhere → rejected
     tampered = tmp_path / "tampered"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -94,7 +95,7 @@ def batches(draw: st.DrawFn) -> list[Row]:
     return rows
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches())
 def test_decode_reproduces_every_row_exactly(rows: list[Row]) -> None:
     assert_same_rows(roundtrip(rows), rows)
@@ -115,6 +116,14 @@ def test_bad_quality_keeps_its_value_and_code() -> None:
     assert [r.quality for _s, r in got.readings] == [
         Quality.GOOD, Quality.TIMEOUT, Quality.EXCEPTION, Quality.GOOD]
     assert got.rows() == rows
+
+
+def test_subclassed_values_and_qualities_travel_as_their_base_types() -> None:
+    rows: list[Any] = [(1, "p", None, 1, Quality.TIMEOUT, 0), (2, "p", None, 2, bytearray(b"x"), 0),
+                       (3, "p", None, 3, 5, Quality.EXCEPTION)]
+    got = decode_batch(encode_batch(gateway_id="g", epoch=0, batch_seq=0, rows=rows)).rows()
+    assert got == [(1, "p", None, 1, 1, 0), (2, "p", None, 2, b"x", 0), (3, "p", None, 3, 5, 6)]
+    assert [type(r[4]) for r in got] == [int, bytes, int]
 
 
 def test_gaps_and_extra_keys_round_trip() -> None:
@@ -162,6 +171,7 @@ def test_floats_that_are_not_short_decimals_stay_plain_and_exact() -> None:
     ([(1, "p", None, 1, 1, 0), (1, "q", None, 1, 1, 0)], None, "unique"),
     ([(1, "p", None, 1, 1, 99)], None, "quality 99"),
     ([(1, "p", None, 1, [1], 0)], None, "values must be"),
+    ([(1, "p", None, 1, 1, True)], None, "quality True"),
     ([(1, "p", None, 1.5, 1, 0)], None, "timestamps"),
     ([(-1, "p", None, 1, 1, 0)], None, "non-negative"),
     ([], {3: 1}, "core keys"),
@@ -248,6 +258,45 @@ def test_damaged_payloads_fail_only_with_batch_format_error(data: st.DataObject)
         decode_batch(bytes(payload[:cut]))
 
 
+_junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats() | st.text(max_size=3)
+    | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.integers(-2, 9), inner,
+                                                                 max_size=3),
+    max_leaves=8)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, list):
+        for i, child in enumerate(node):
+            out += _paths(child, (*prefix, i))
+    elif isinstance(node, dict):
+        for k, child in node.items():
+            out += _paths(child, (*prefix, k))
+    return out
+
+
+_RICH_DOC: dict[int, Any] = cbor2.loads(encode_batch(
+    gateway_id="g", epoch=1, batch_seq=1, gaps=[Gap(1, 2, 2, 0, 1, ("a",))],
+    rows=[(10, "a/b", "V", 5, 1.25, 0), (11, "a/b", "V", 6, None, 1), (12, "a/c", None, 5, 7, 0),
+          (13, "a/c", None, 6, 9, 6), (14, "a/d", None, 5, True, 0)]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_structurally_wrong_batches_fail_only_with_batch_format_error(data: st.DataObject,
+                                                                      ) -> None:
+    doc = cbor2.loads(cbor2.dumps(_RICH_DOC))
+    path = data.draw(st.sampled_from(_paths(doc)))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = data.draw(_junk)
+    with contextlib.suppress(BatchFormatError):  # anything else fails the test
+        decode_batch(cbor2.dumps(doc))
+
+
 def test_reading_limit_is_enforced_both_ways() -> None:
     with pytest.raises(ValueError, match="exceed"):
         encode_batch(gateway_id="g", epoch=1, batch_seq=1,
@@ -273,3 +322,36 @@ def test_demo_workload_costs_under_8_bytes_per_reading_signed(points: int, per_b
              for n, i in enumerate(range(0, len(rows), per_batch))]
     per_reading = sum(sizes) / len(rows)
     assert per_reading < 8, f"{per_reading:.2f} bytes/reading"
+
+
+# ---------------------------------------------------------------- the documented example
+
+_DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
+
+
+def _doc_example_rows() -> list[Row]:
+    t0 = 1733000001000
+    energy, volt, door = ("cab-0042/meter-1/energy", "Wh"), ("cab-0042/meter-1/voltage_l1",
+                                                             "V"), ("cab-0042/door", None)
+    rows: list[Row] = []
+    for i, (e, v, q) in enumerate([(120345, 230.12, 0), (120347, 230.15, 0), (120350, None, 1)]):
+        ts = t0 + 1000 * i + (2 if i == 2 else 0)
+        rows += [(101 + 3 * i, *energy, ts, e, 0), (102 + 3 * i, *volt, ts, v, q),
+                 (103 + 3 * i, *door, ts, False, 0)]
+    return rows
+
+
+def test_the_documented_example_is_what_the_encoder_writes() -> None:
+    gap = Gap(90, 100, 11, 1732999990000, 1733000000000,
+              ("cab-0042/meter-1/energy", "cab-0042/meter-1/voltage_l1", "cab-0042/door"))
+    payload = encode_batch(gateway_id="cab-0042", epoch=1733000000, batch_seq=17,
+                           rows=_doc_example_rows(), gaps=[gap])
+    assert cbor2.loads(payload) == {
+        0: 1, 1: "cab-0042", 2: 1733000000, 3: 17, 4: 90, 5: 109, 6: 1733000001000,
+        7: [[["cab-0042", "meter-1", "energy"], "Wh", [11, 3, 3], [0, 1000, 1002],
+             [1, 120345, 2, 3]],
+            [[0, 1, "voltage_l1"], "V", [1, 3, 3], 1, [2, 2, 23012, 3], {0: [[2, 1]]}],
+            [[0, "door"], None, [1, 3, 3], 1, [0, [3, False]]]],
+        8: [[90, 100, 11, 1732999990000, 1733000000000, list(gap.points), False]]}
+    assert f"The payload ({len(payload)} bytes" in _DOC.read_text(encoding="utf-8")
+    assert decode_batch(payload).rows() == _doc_example_rows()

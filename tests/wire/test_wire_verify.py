@@ -57,6 +57,7 @@ def test_the_same_message_again_is_a_replay(verifier: Verifier) -> None:
     res = verifier.feed(msg)
     assert (res.status, res.readings, res.duplicates) == ("replay", [], 40)
     assert res.rejected
+    assert res.authentic
     assert verifier.stats["rejected"] == {"replay": 1}
     assert verifier.stats["readings"] == 40
 
@@ -136,6 +137,7 @@ def test_every_altered_byte_is_rejected(verifier: Verifier) -> None:
         damaged[i] ^= 0x04
         res = verifier.feed(bytes(damaged))
         assert res.rejected, (i, res.status)
+        assert not res.authentic
         assert res.readings == []
         statuses.add(res.status)
     assert statuses <= {"malformed", "bad-signature", "unknown-key"}
