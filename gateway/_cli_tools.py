@@ -85,8 +85,35 @@ def _message_files(items: list[str]) -> list[Path]:
     return out
 
 
+class _VerifyPrinter:
+    """Feeds messages to the verifier; SenML to stdout, everything else to stderr."""
+
+    def __init__(self, verifier: Any, args: argparse.Namespace) -> None:
+        self.verifier = verifier
+        self.args = args
+        self.rejected = 0
+
+    def __call__(self, name: str, payload: bytes) -> None:
+        from gateway.senml import senml_json  # noqa: PLC0415
+
+        res = self.verifier.feed(payload)
+        if res.rejected:
+            self.rejected += 1
+            why = f" ({res.error})" if res.error else ""
+            print(f"{name}: rejected: {res.status}{why}", file=sys.stderr)
+            return
+        if res.status == "duplicate":
+            print(f"{name}: duplicate batch, {res.duplicates} reading(s) already had",
+                  file=sys.stderr)
+        if res.missing:
+            print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
+        if not self.args.quiet and res.readings:
+            # One SenML pack (RFC 8428 §5) per batch and line.
+            print(senml_json(res.gateway_id, res.readings,
+                             include_bad=not self.args.plain_senml))
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.senml import senml_json  # noqa: PLC0415
     from gateway.verify import Verifier  # noqa: PLC0415
 
     keys, gateways = _load_keys(args)
@@ -96,25 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verifier = Verifier(keys, gateways=gateways or None)
     if args.state and args.state.exists():
         verifier.restore(json.loads(args.state.read_text()))
-    rejected = 0
-
-    def handle(name: str, payload: bytes) -> None:
-        nonlocal rejected
-        res = verifier.feed(payload)
-        if res.rejected:
-            rejected += 1
-            why = f" ({res.error})" if res.error else ""
-            print(f"{name}: rejected: {res.status}{why}", file=sys.stderr)
-            return
-        if res.status == "duplicate":
-            print(f"{name}: duplicate batch, {res.duplicates} reading(s) already had",
-                  file=sys.stderr)
-        if res.missing:
-            print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
-        if not args.quiet and res.readings:
-            # One SenML pack (RFC 8428 §5) per batch and line.
-            print(senml_json(res.gateway_id, res.readings, include_bad=not args.plain_senml))
-
+    handle = _VerifyPrinter(verifier, args)
     if args.broker:
         _verify_broker(args, handle)
     else:
@@ -123,7 +132,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.state:
         args.state.write_text(json.dumps(verifier.state()))
     print(json.dumps({"verify": verifier.stats}), file=sys.stderr)
-    return 1 if rejected else 0
+    return 1 if handle.rejected else 0
 
 
 def _verify_broker(args: argparse.Namespace, handle: Any) -> None:
