@@ -76,13 +76,13 @@ state_dir = "{state}"
 log_level = "warning"
 [buffer]
 commit_window = "50ms"
-commit_rows = 20000
+commit_rows = 5000
 max_size = "1GiB"
 [uplink]
 port = {port}
-batch_max_readings = 20000
+batch_max_readings = 5000
 batch_linger = "0ms"
-max_inflight = 16
+max_inflight = 8
 max_packet_size = "1MiB"
 status_interval = "1h"
 {driver}""")

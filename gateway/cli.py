@@ -151,9 +151,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(go())
     except Exception as exc:
-        from provisioning.keys import KeyPermissionError  # noqa: PLC0415
+        from gateway.daemon import AlreadyRunningError  # noqa: PLC0415
+        from provisioning.keys import KeyFileError  # noqa: PLC0415
 
-        if isinstance(exc, KeyPermissionError | PermissionError | FileNotFoundError):
+        if isinstance(exc, KeyFileError | AlreadyRunningError | PermissionError |
+                      FileNotFoundError):
             print(f"streetgate: cannot start: {exc}", file=sys.stderr)
             return 1
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import time
@@ -74,6 +75,7 @@ class Gateway:
         self._uplink_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "rejected": 0}
+        self._lock: int | None = None
 
     # -- driver side -------------------------------------------------------------------------
     def emit(self, readings: Iterable[Reading]) -> None:
@@ -216,12 +218,14 @@ class Gateway:
     def _preflight(self) -> None:
         """First boot (seed file), then refuse to run with keys others can read or own."""
         from provisioning import load_identity, preflight  # noqa: PLC0415
-        from provisioning.firstboot import first_boot  # noqa: PLC0415
 
         g = self.cfg.gateway
         state = Path(g.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = _lock_state_dir(state)
         if g.seed_file and Path(g.seed_file).is_file():
+            from provisioning.firstboot import first_boot  # noqa: PLC0415 - X.509, MQTT claim
+
             boot = first_boot(state, Path(g.seed_file))
             for message in boot.messages:
                 _log.warning("first boot: %s", message)
@@ -277,6 +281,9 @@ class Gateway:
             store, self.store = self.store, None
             await self._io_call(store.close)
         self._io.shutdown(wait=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- tasks ------------------------------------------------------------------------------------
     async def _supervise(self, name: str, instance: str, config: Any) -> None:
@@ -415,6 +422,27 @@ class Gateway:
             "counters": dict(self.counters),
             "drivers": {name: {"health": h.snapshot()} for name, (_, h) in self.drivers.items()},
         }
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another daemon holds this state directory (and its buffer)."""
+
+
+def _lock_state_dir(state: Path) -> int:
+    """One daemon per state directory: two writers would fight over one buffer's seqs."""
+    path = state / "streetgate.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        msg = (f"another streetgate (pid {holder}) is running on {state}; "
+               "stop it first (systemctl stop streetgate)")
+        raise AlreadyRunningError(msg) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

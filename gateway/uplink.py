@@ -26,8 +26,6 @@ from paho.mqtt.properties import Properties
 from drivers.api import Backoff
 from gateway._mqtt_errors import UplinkError, describe_connect_failure, describe_reason
 from gateway.config import UplinkConfig
-from provisioning import TlsPaths, explain_tls_failure
-from provisioning._tlserrors import harden
 
 __all__ = ["TlsFiles", "Uplink", "UplinkError"]
 
@@ -224,6 +222,8 @@ class Uplink:
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
+        from provisioning._tlserrors import harden  # noqa: PLC0415 - only with TLS
+
         assert self._tls is not None  # noqa: S101 - only called when TLS is configured
         ctx = harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self._tls.ca_file))
         if self._tls.cert_file and self._tls.key_file:
@@ -236,6 +236,8 @@ class Uplink:
 
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, ssl.SSLError) and self._tls is not None and self._tls.cert_file:
+            from provisioning import TlsPaths, explain_tls_failure  # noqa: PLC0415 - only with TLS
+
             paths = TlsPaths(Path(self._tls.ca_file), Path(self._tls.cert_file),
                              Path(self._tls.key_file or ""))
             return f"{self.cfg.host}:{self.cfg.port}: {explain_tls_failure(exc, paths)}"

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Literal
 
 from drivers.api import ConfigError, ConfigIssue, load, option
 from provisioning._files import ensure_dir, write_private, write_public
-from provisioning.certs import generate_tls_key, key_pem, load_tls_key
 from provisioning.keyring import kid_for
 from provisioning.keys import KeyPermissionError, check_key_file, load_or_create_signing_key
 
@@ -223,8 +222,12 @@ def ensure_keys(state_dir: Path) -> tuple[ed25519.Ed25519PrivateKey, ec.Elliptic
     ensure_dir(state_dir)
     signing = load_or_create_signing_key(layout.signing_key)
     if not layout.tls_key.exists():
+        from provisioning.certs import generate_tls_key, key_pem  # noqa: PLC0415 - x509 is big
+
         write_private(layout.tls_key, key_pem(generate_tls_key()))
     check_key_file(layout.tls_key)
+    from provisioning.certs import load_tls_key  # noqa: PLC0415 - x509 is big
+
     return signing, load_tls_key(layout.tls_key)
 
 

@@ -22,7 +22,7 @@ from drivers.sim import generators
 from drivers.sim.config import SimConfig
 
 #: Pause flooding while this many readings wait for the buffer's group commit.
-_FLOOD_BACKLOG = 20_000
+_FLOOD_BACKLOG = 10_000
 
 
 class SimDriver(Driver[SimConfig]):

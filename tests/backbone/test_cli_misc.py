@@ -97,3 +97,22 @@ def test_buffered_readings_drain_on_next_start(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert depth == 0
+
+
+def test_second_daemon_on_the_same_state_dir_refuses_to_start(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, free_port())
+    first = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(conf)],  # noqa: S603
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        lock = tmp_path / "state" / "streetgate.lock"
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = _cli("run", "-c", str(conf))
+        assert second.returncode == 1
+        assert f"another streetgate (pid {first.pid}) is running" in second.stderr
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=20)
+    assert first.returncode == 0
