@@ -10,8 +10,10 @@ from typing import Protocol
 from drivers.api import Quality, Value
 
 __all__ = ["ChecksumError", "DecodeError", "Decoder", "Field", "sanitize", "scaled",
-           "text_value"]
+           "text_value", "unescape"]
 
+_ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|[rnt\\])")
+_SIMPLE_ESCAPES = {b"r": b"\r", b"n": b"\n", b"t": b"\t", b"\\": b"\\"}
 _INT = re.compile(r"[+-]?\d+")
 _HEX_INT = re.compile(r"[+-]?0[xX][0-9A-Fa-f]+")
 _TRUE = {"1", "true", "on", "yes", "y", "t"}
@@ -90,3 +92,13 @@ def text_value(text: str, kind: str) -> Value:
     if not math.isfinite(value):
         raise ValueError(f"{text!r} is not a finite number")
     return value
+
+
+def unescape(text: str) -> bytes:
+    r"""``READ\r\n`` typed on a command line -> bytes (``\r \n \t \\ \xNN``; Latin-1).
+
+    Raises:
+        UnicodeEncodeError: a character outside Latin-1.
+    """
+    return _ESCAPE.sub(lambda m: _SIMPLE_ESCAPES.get(m.group(1))
+                       or bytes.fromhex(m.group(1)[1:].decode()), text.encode("latin-1"))

@@ -86,13 +86,13 @@ class FramingConfig:
             if self.length is None:
                 issues.append(("length", 'missing required key for mode = "fixed"'))
             elif self.length > self.max_frame:
-                issues.append(("length", f"expected at most max_frame ({self.max_frame}); "
-                                         f"got {self.length}"))
+                issues.append(("length", (f"expected at most max_frame ({self.max_frame}); "
+                                         f"got {self.length}")))
         if self.mode == "delimited":
             issues += self._delimited_issues()
         if self.mode == "length" and self.start and self.length_at < len(self.start_bytes):
-            issues.append(("length_at", "expected the length field after the start bytes; "
-                                        f"got {self.length_at}"))
+            issues.append(("length_at", ("expected the length field after the start bytes; "
+                                        f"got {self.length_at}")))
         return issues
 
     def _delimited_issues(self) -> list[tuple[str, str]]:
@@ -102,13 +102,13 @@ class FramingConfig:
         for key in ("start", "end", "escape"):
             value = getattr(self, key)
             if value is not None and len(parse_hex(value)) != 1:
-                issues.append((key, f'expected one byte in hex for mode = "delimited"; '
-                                    f'got "{value}"'))
+                issues.append((key, (f'expected one byte in hex for mode = "delimited"; '
+                                    f'got "{value}"')))
         for key, value in self.escape_map.items():
             if not re.fullmatch(r"[0-9A-Fa-f]{2}", key) or not re.fullmatch(
                     r"[0-9A-Fa-f]{2}", value):
-                issues.append((f"escape_map.{key}", "expected one hex byte mapped to one "
-                                                   f'hex byte; got {key} = "{value}"'))
+                issues.append((f"escape_map.{key}", ("expected one hex byte mapped to one "
+                                                   f'hex byte; got {key} = "{value}"')))
         if self.escape is not None and self.escape.strip().upper() in (
                 (self.start or "").strip().upper(), (self.end or "").strip().upper()):
             issues.append(("escape", "expected a byte different from start and end"))
@@ -171,16 +171,16 @@ class DecoderConfig:
         wrong = self._misplaced()
         issues += [(key, f'only used by type = "{kind}"') for key, kind in wrong]
         if self.type == "nmea":
-            issues += [(f"sentences[{i}]", f"expected one of {', '.join(NMEA_SENTENCES)}; "
-                                          f'got "{s}"')
+            issues += [(f"sentences[{i}]", (f"expected one of {', '.join(NMEA_SENTENCES)}; "
+                                          f'got "{s}"'))
                        for i, s in enumerate(self.sentences) if s not in NMEA_SENTENCES]
         elif self.type == "regex":
             issues += self._regex_issues()
         elif self.type == "binary":
             issues += self._binary_issues()
         if self.type in ("regex", "keyvalue"):
-            issues += [(f"fields[{i}].type", f"expected one of {', '.join(TEXT_TYPES)}; "
-                                             f'got "{f.type}"')
+            issues += [(f"fields[{i}].type", (f"expected one of {', '.join(TEXT_TYPES)}; "
+                                             f'got "{f.type}"'))
                        for i, f in enumerate(self.fields) if f.type not in TEXT_TYPES]
         names = [f.name for f in self.fields]
         issues += [(f"fields[{i}].name", f'duplicate point "{n}"')
@@ -207,15 +207,15 @@ class DecoderConfig:
         if not compiled.groupindex:
             return [("pattern", "expected at least one named group (?P<name>...)")]
         return [(f"fields[{i}].key" if f.key else f"fields[{i}].name",
-                 f'no group named "{f.source}" in pattern; groups: '
-                 f"{', '.join(compiled.groupindex)}")
+                 (f'no group named "{f.source}" in pattern; groups: '
+                 f"{', '.join(compiled.groupindex)}"))
                 for i, f in enumerate(self.fields) if f.source not in compiled.groupindex]
 
     def _binary_issues(self) -> list[tuple[str, str]]:
         if not self.fields:
             return [("fields", 'expected at least one field for type = "binary"')]
-        issues = [(f"fields[{i}].type", f"expected one of {', '.join(binary.TYPES)}; "
-                                        f'got "{f.type}"')
+        issues = [(f"fields[{i}].type", (f"expected one of {', '.join(binary.TYPES)}; "
+                                        f'got "{f.type}"'))
                   for i, f in enumerate(self.fields) if f.type not in binary.TYPES]
         if issues or self.length is None:
             return issues
@@ -227,15 +227,15 @@ class DecoderConfig:
         spans = binary.layout([(f.at, f.type) for f in self.fields])
         for i, (at, size) in enumerate(spans):
             if at + size > frame_length:
-                issues.append((f"fields[{i}]", f"ends at byte {at + size} but frames are "
-                                               f"{frame_length} bytes ({source})"))
+                issues.append((f"fields[{i}]", (f"ends at byte {at + size} but frames are "
+                                               f"{frame_length} bytes ({source})")))
         if self.checksum != "none":
             size = CHECKSUMS[self.checksum].size
             pos = self.checksum_position()
             pos = pos if pos >= 0 else frame_length + pos
             if pos < self.checksum_from or pos + size > frame_length:
-                issues.append(("checksum_at", f"checksum at byte {pos} does not fit frames "
-                                              f"of {frame_length} bytes ({source})"))
+                issues.append(("checksum_at", (f"checksum at byte {pos} does not fit frames "
+                                              f"of {frame_length} bytes ({source})")))
         return issues
 
 
@@ -260,8 +260,8 @@ class QueryConfig:
         elif self.command is not None and not all(ord(c) < 256 for c in self.command):
             issues.append(("command", "expected Latin-1 characters (use command_hex)"))
         if self.timeout >= self.interval:
-            issues.append(("timeout", f"expected less than interval ({self.interval}); "
-                                      f"got {self.timeout}"))
+            issues.append(("timeout", (f"expected less than interval ({self.interval}); "
+                                      f"got {self.timeout}")))
         return issues
 
 
@@ -295,16 +295,16 @@ class SerialConfig:
         if not self.devices:
             issues.append(("devices", "expected at least one device"))
         if self.reopen_max < self.reopen_min:
-            issues.append(("reopen_max", f"expected at least reopen_min ({self.reopen_min}); "
-                                         f"got {self.reopen_max}"))
+            issues.append(("reopen_max", (f"expected at least reopen_min ({self.reopen_min}); "
+                                         f"got {self.reopen_max}")))
         names = [d.name for d in self.devices]
         issues += [(f"devices[{i}].name", f'duplicate device "{n}"')
                    for i, n in enumerate(names) if n in names[:i]]
         streaming = [i for i, d in enumerate(self.devices) if d.query is None]
         if streaming and len(self.devices) > 1:
             issues.append((f"devices[{streaming[0]}].query",
-                           "a streaming device must be alone on its port; give every device "
-                           "a query or use one port per streaming device"))
+                           ("a streaming device must be alone on its port; give every device "
+                           "a query or use one port per streaming device")))
         for i, dev in enumerate(self.devices):
             issues += [(f"devices[{i}].{p}", m) for p, m in self._device_issues(dev)]
         return issues
@@ -313,12 +313,12 @@ class SerialConfig:
         issues: list[tuple[str, str]] = []
         dec, framing = dev.decoder, self.framing
         if dec.type == "nmea" and framing.mode != "line":
-            issues.append(("decoder.type", 'nmea needs framing mode = "line"; '
-                                           f'got "{framing.mode}"'))
+            issues.append(("decoder.type", ('nmea needs framing mode = "line"; '
+                                           f'got "{framing.mode}"')))
         fixed = framing.fixed_length()
         if dec.type == "binary" and fixed is not None and dec.length not in (None, fixed):
-            issues.append(("decoder.length", f"expected framing.length ({fixed}); "
-                                             f"got {dec.length}"))
+            issues.append(("decoder.length", (f"expected framing.length ({fixed}); "
+                                             f"got {dec.length}")))
         elif dec.type == "binary" and fixed is not None:
             issues += [(f"decoder.{p}", m) for p, m in dec.layout_issues(fixed, "framing.length")]
         if dev.query is not None and dev.silence_timeout is not None:

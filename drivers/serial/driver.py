@@ -32,7 +32,6 @@ class SerialDriver(Driver[SerialConfig]):
         self.pipeline = Pipeline(config, context.instance, context.health)
         self.port_health = context.health.device("port")
         self._sink: Sink | None = None
-        self._bus = asyncio.Lock()
 
     def points(self) -> Iterable[tuple[str, str | None]]:
         return self.pipeline.points()
@@ -40,6 +39,7 @@ class SerialDriver(Driver[SerialConfig]):
     async def run(self, sink: Sink) -> None:
         cfg, tag = self.config, f"streetgate[serial:{self.context.instance}]"
         self._sink = sink
+        bus = asyncio.Lock()  # one outstanding query per port (RS-485 is half duplex)
         link = SerialLink(cfg.port, baudrate=cfg.baudrate, bytesize=cfg.bytesize,
                           parity=cfg.parity, stopbits=cfg.stopbits, logger=self.log,
                           health=self.port_health, reopen_min=cfg.reopen_min,
@@ -49,7 +49,7 @@ class SerialDriver(Driver[SerialConfig]):
                 tg.create_task(self._receive(link, sink), name=f"{tag}.read")
                 for dev in self.pipeline.devices:
                     if dev.cfg.query is not None:
-                        tg.create_task(self._poll(dev, dev.cfg.query, link, sink),
+                        tg.create_task(self._poll(dev, dev.cfg.query, link, bus, sink),
                                        name=f"{tag}.poll.{dev.name}")
                     elif dev.cfg.silence_timeout is not None:
                         tg.create_task(self._watch(dev, dev.cfg.silence_timeout, link, sink),
@@ -74,14 +74,14 @@ class SerialDriver(Driver[SerialConfig]):
                     sink.emit(readings)
 
     async def _poll(self, dev: DeviceRuntime, query: QueryConfig, link: SerialLink,
-                    sink: Sink) -> None:
+                    bus: asyncio.Lock, sink: Sink) -> None:
         loop = asyncio.get_running_loop()
         async for _due in Poller(query.interval, jitter=min(float(query.interval), 1.0)):
             if not link.is_open:
                 dev.health.count("skipped_port_down")
                 continue
             try:
-                async with self._bus:  # one outstanding query per port (RS-485 is half duplex)
+                async with bus:
                     frame = await self._transact(link, query)
             except PortUnavailableError:
                 dev.health.count("skipped_port_down")

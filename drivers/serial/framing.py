@@ -212,7 +212,7 @@ class LengthFramer(_Synced):
             value = int.from_bytes(self._buf[self._at:self._need], self._order)
             total = self._need + value + self._adjust
             if total > self.max_frame or total < max(self._need, 1):
-                self.stats.oversized += total > self.max_frame
+                self.stats.oversized += int(total > self.max_frame)
                 self._slide()
                 continue
             if len(self._buf) < total:
@@ -292,7 +292,7 @@ class DelimitedFramer(Framer):
 
     def _byte(self, byte: int) -> None:  # noqa: C901 - one state machine reads best whole
         state = self._state
-        if state == _HUNT or state == _SKIP:
+        if state in (_HUNT, _SKIP):
             if byte == self._end and (self._flags or state == _SKIP):
                 self._state = _IN if self._flags else _HUNT
                 self._cur.clear()

@@ -163,10 +163,10 @@ class NmeaDecoder:
         _need(f, 8, "RMC")
         valid = f[1] == "A"
         speed = _num(f, 6, "RMC speed")
-        out = [Field("fix_valid", valid)] + _present([
+        out = [Field("fix_valid", valid), *_present([
             ("speed", None if speed is None else round(speed * KNOT, 3), "m/s"),
             ("course", _num(f, 7, "RMC course"), "deg"),
-        ])
+        ])]
         if valid and "GGA" not in self._selected:  # position comes from GGA when both run
             out += _present([("latitude", _coord(f[2], f[3], 2, "RMC latitude"), "lat"),
                              ("longitude", _coord(f[4], f[5], 3, "RMC longitude"), "lon")])
@@ -194,7 +194,7 @@ class NmeaDecoder:
             raise DecodeError(f"XDR has {len(f)} fields; expected groups of 4")
         out: list[Field] = []
         for i in range(0, len(f), 4):
-            kind, raw, unit_letter, name = f[i:i + 4]
+            kind, _raw, unit_letter, name = f[i:i + 4]
             value = _num(f, i + 1, f"XDR {name or kind} value")
             if value is None:
                 continue

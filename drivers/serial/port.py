@@ -98,6 +98,7 @@ class SerialLink:
         self._write_lock = asyncio.Lock()
         self._down = False
         self._closed = False
+        self._closing = asyncio.Event()
         self.reason = "not opened yet"
 
     @property
@@ -118,8 +119,7 @@ class SerialLink:
         try:
             while not self._closed:
                 if not await self._open():
-                    await asyncio.sleep(min(self.reopen_max,
-                                            self.reopen_min + backoff.next_delay()))
+                    await self._pause(min(self.reopen_max, self.reopen_min + backoff.next_delay()))
                     continue
                 opened = time.monotonic()
                 async for data in self._read(self._serial.fileno()):
@@ -154,10 +154,17 @@ class SerialLink:
     def close(self) -> None:
         """Close the port for good; a running ``chunks()`` ends."""
         self._closed = True
+        self._closing.set()
         for fut in list(self._waiters):
             if not fut.done():
                 fut.set_result(None)
         self._drop()
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep before the next reopen; ``close()`` cuts it short."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
 
     async def _open(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -180,8 +187,7 @@ class SerialLink:
         self._down = False
         self.reason = "open"
         self._health.success()
-        if self._on_state is not None:
-            self._on_state(True)
+        self._notify(True)
         return True
 
     def _open_blocking(self) -> Any:
@@ -232,8 +238,15 @@ class SerialLink:
             return
         self._down = True
         self._health.failure(f"{self.port}: {reason}", "unavailable")
-        if self._on_state is not None:
-            self._on_state(False)
+        self._notify(False)
+
+    def _notify(self, up: bool) -> None:
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(up)
+        except Exception:  # noqa: BLE001 - a faulty callback must not stop the port
+            self._log.exception("on_state callback of %s failed", self.port)
 
     def _drop(self) -> None:
         ser, self._serial = self._serial, None

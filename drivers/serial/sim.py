@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import tty
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from drivers.api import Duration
+from drivers.serial._model import unescape
 from drivers.serial.profiles import make_profile, profile_config
 
 __all__ = ["SerialSimulator", "Step", "contract_setup", "load_script", "parse_dropout"]
 
-_ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|[rnt\\])")
 _NOISE = ("garbage", "corrupt", "truncate", "oversize")
 
 
@@ -35,10 +34,16 @@ class Step:
     delay: float = 0.0
 
 
-def _unescape(text: str) -> bytes:
-    simple = {b"r": b"\r", b"n": b"\n", b"t": b"\t", b"\\": b"\\"}
-    return _ESCAPE.sub(lambda m: simple.get(m.group(1)) or bytes.fromhex(m.group(1)[1:].decode()),
-                       text.encode("latin-1"))
+def _step(verb: str, rest: str) -> Step:
+    if verb == "line":
+        return Step(unescape(rest) + b"\r\n")
+    if verb == "text":
+        return Step(unescape(rest))
+    if verb == "hex":
+        return Step(bytes.fromhex(rest))
+    if verb == "wait":
+        return Step(delay=Duration.parse(rest))
+    raise ValueError(f"unknown step {verb!r}; expected line, text, hex or wait")
 
 
 def load_script(text: str) -> list[Step]:
@@ -55,18 +60,8 @@ def load_script(text: str) -> list[Step]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        verb, _, rest = line.partition(" ")
         try:
-            if verb == "line":
-                steps.append(Step(_unescape(rest) + b"\r\n"))
-            elif verb == "text":
-                steps.append(Step(_unescape(rest)))
-            elif verb == "hex":
-                steps.append(Step(bytes.fromhex(rest)))
-            elif verb == "wait":
-                steps.append(Step(delay=Duration.parse(rest)))
-            else:
-                raise ValueError(f"unknown step {verb!r}; expected line, text, hex or wait")
+            steps.append(_step(*line.partition(" ")[::2]))
         except (ValueError, UnicodeEncodeError) as exc:
             raise ValueError(f"script line {number}: {exc}") from None
     if not any(s.data for s in steps):

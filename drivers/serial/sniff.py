@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from drivers.api import ConfigError, DeviceHealth, dump, load
-from drivers.serial._model import DecodeError, Decoder
+from drivers.serial._model import DecodeError, Decoder, unescape
 from drivers.serial.config import DecoderConfig, FramingConfig, QueryConfig, SerialConfig
 from drivers.serial.decoders import make_decoder
 from drivers.serial.framing import Framer, make_framer
 from drivers.serial.port import SerialLink
 from drivers.serial.profiles import PROFILES, profile_config
-from drivers.serial.sim import _unescape
 
 __all__ = ["SniffSetup", "Sniffer", "add_sniff_arguments", "build_setup", "sniff"]
 
@@ -75,7 +74,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.framing, "length": args.length, "start": args.start, "end": args.end,
         "escape": args.escape, "max_frame": args.max_frame,
         "terminator": None if args.terminator is None
-        else _unescape(args.terminator).decode("latin-1"),
+        else unescape(args.terminator).decode("latin-1"),
     }.items() if v is not None}
     decoder = {k: v for k, v in {"type": args.decoder, "pattern": args.pattern,
                                  "separator": args.separator}.items() if v is not None}
@@ -125,7 +124,7 @@ def build_setup(args: argparse.Namespace) -> SniffSetup:
             DecoderConfig, flags["decoder"], file="command line", path="decoder")
     query = device.query if device else None
     if args.query is not None:
-        query = load(QueryConfig, {"command": _unescape(args.query).decode("latin-1"),
+        query = load(QueryConfig, {"command": unescape(args.query).decode("latin-1"),
                                    "interval": args.interval, "timeout": args.timeout},
                      file="command line", path="query")
 
@@ -212,9 +211,9 @@ class Sniffer:
 
     def summary(self) -> list[str]:
         t, s = self.tally, self.framer.stats
-        lines = [f"-- {t.bytes_in} B in, {t.frames} frames ({t.decoded} decoded, {t.failed} "
+        lines = [(f"-- {t.bytes_in} B in, {t.frames} frames ({t.decoded} decoded, {t.failed} "
                  f"failed), {s.garbage_bytes} garbage B, {s.oversized} oversized, "
-                 f"{s.partial_dropped} partial"]
+                 f"{s.partial_dropped} partial")]
         if t.bytes_in == 0:
             lines.append("hint: nothing received: check the port, wiring (TX/RX swapped, "
                          "A/B swapped on RS-485), power, and whether it needs --query")

@@ -1,12 +1,14 @@
 """Golden cases: cases/<behaviour>/{config.toml, input.script, expected.jsonl, health.json}.
 
 The input (a simulator script) goes through the driver's pipeline, chunk by chunk and then
-byte by byte; both must give exactly the expected readings and counters. A regression test
+byte by byte, and through the running driver over a real pty pair; all must give exactly
+the expected readings and counters. A regression test
 is a new folder. ``cases/config_*/`` hold configs that must fail with ``expected.err``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -66,6 +68,31 @@ def test_stream_case(name: str) -> None:
     bytewise, health_bytewise = run_case(case, bytewise=True)
     assert [as_json(r) for r in bytewise] == expected
     assert health_bytewise["devices"] == health["devices"]
+
+
+@pytest.mark.parametrize("name", STREAM_CASES)
+def test_stream_case_over_a_pty(name: str, harness, sink, raw_pty) -> None:
+    case = CASES / name
+    dev = raw_pty()
+    instance, data = table(case)
+    expected = [json.loads(line) for line in (case / "expected.jsonl").read_text().splitlines()]
+    steps = load_script((case / "input.script").read_text("utf-8"))
+
+    async def body() -> dict[str, Any]:
+        drv = harness.driver(data | {"port": str(dev.link)}, instance)
+        async with harness.running(drv, sink):
+            await harness.until(lambda: drv.port_health.ok and drv.port_health.counters,
+                                what="port open")  # opening flushes input, as a UART does
+            for step in steps:
+                dev.write(step.data)
+                await asyncio.sleep(0.005)
+            await harness.until(lambda: len(sink.readings) >= len(expected), what="readings")
+            await asyncio.sleep(0.05)  # nothing more may come
+        return {k: v.counters for k, v in drv.health.devices.items() if k != "port"}
+
+    devices = harness.run(body())
+    assert [as_json(r) for r in sink.readings] == expected
+    assert devices == json.loads((case / "health.json").read_text())["devices"]
 
 
 @pytest.mark.parametrize("name", CONFIG_CASES)

@@ -81,9 +81,9 @@ def test_all_errors_reported_at_once_with_paths() -> None:
         SerialDriver.parse_config(data, file="gw.toml", path="drivers.serial[0]")
     assert err.value.lines() == [
         "gw.toml: drivers.serial[0].baudrate: expected at least 50; got 10",
-        'gw.toml: drivers.serial[0].devices[0].decoder.fields: expected at least one field '
-        'for type = "binary"',
-        'gw.toml: drivers.serial[0].devices[1].decoder.pattern: missing required key for '
-        'type = "regex"',
+        ('gw.toml: drivers.serial[0].devices[0].decoder.fields: expected at least one field '
+        'for type = "binary"'),
+        ('gw.toml: drivers.serial[0].devices[1].decoder.pattern: missing required key for '
+        'type = "regex"'),
         "gw.toml: drivers.serial[0].port: expected a string; got 5",
     ]

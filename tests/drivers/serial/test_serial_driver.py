@@ -96,6 +96,28 @@ def test_query_response_counter(harness, sink, tmp_path) -> None:
     assert drv.health.devices["door-counter"].ok
 
 
+def test_two_polled_devices_share_one_port(harness, sink, tmp_path) -> None:
+    async def body() -> SerialDriver:
+        async with SerialSimulator(tmp_path / "tty", "ascii-counter", seed=9) as sim:
+            table = config("ascii-counter", sim.link, query={
+                "command": "READ\r\n", "interval": "60ms", "timeout": "50ms"})
+            table["devices"].append({"name": "ident", "decoder": {"type": "keyvalue"},
+                                     "query": {"command": "ID\r\n", "interval": "60ms",
+                                               "timeout": "50ms"}})
+            drv = harness.driver(table, "bus")
+            async with harness.running(drv, sink):
+                await harness.until(lambda: len(sink.good("bus/ident/id")) >= 3
+                                    and len(sink.good("bus/door-counter/entries")) >= 3,
+                                    what="answers for both devices")
+        return drv
+
+    drv = harness.run(body())
+    assert {r.value for r in sink.good("bus/ident/id")} == {"CNT-2"}
+    assert not sink.quality("MALFORMED")  # no answer went to the wrong device
+    assert drv.health.devices["ident"].ok
+    assert drv.health.devices["door-counter"].ok
+
+
 def test_query_timeout_gives_timeout_readings_for_every_point(harness, sink, raw_pty) -> None:
     dev = raw_pty()  # the device is wired but never answers
 
@@ -192,7 +214,7 @@ def test_unplug_and_replug(harness, sink, tmp_path, caplog) -> None:
     assert port.counters["reopen_failures"] >= 1
     unavailable = sink.quality("UNAVAILABLE")
     assert {r.point for r in unavailable} == {p for p, _ in drv.points()}
-    assert len(unavailable) == len(set(r.point for r in unavailable))  # once per outage
+    assert len(unavailable) == len({r.point for r in unavailable})  # once per outage
     messages = [r.getMessage() for r in caplog.records
                 if r.getMessage().startswith("device port ")]
     assert sum("failing" in m for m in messages) == 1
@@ -253,3 +275,20 @@ def test_contract_simulate_setup(harness, sink, tmp_path) -> None:
     names = {p for p, _ in drv.points()}
     assert {r.point for r in sink.readings} <= names
     assert all(p.startswith("contract/ws/") for p in names)
+
+
+def test_driver_runs_again_after_being_cancelled(harness, sink, tmp_path) -> None:
+    # The daemon restarts a driver by calling run() again, possibly on a new event loop.
+    drv: list[SerialDriver] = []
+
+    async def once(start: int) -> None:
+        async with SerialSimulator(tmp_path / "tty", "ascii-counter", seed=start) as sim:
+            if not drv:
+                drv.append(harness.driver(config("ascii-counter", sim.link, query={
+                    "command": "READ\r\n", "interval": "50ms", "timeout": "40ms"}), "again"))
+            async with harness.running(drv[0], sink):
+                await harness.until(lambda: len(sink.good("again/door-counter/exits")) >= start)
+
+    harness.run(once(2))
+    harness.run(once(4))
+    assert drv[0].health.devices["door-counter"].ok

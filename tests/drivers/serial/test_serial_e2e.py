@@ -36,5 +36,6 @@ def test_weather_station_and_counter_to_verified_batches(mosquitto: Mosquitto,
     assert isinstance(readings["weather/ws/pressure"].value, float)
     assert readings["weather/ws/xdr_tempair"].unit == "Cel"
     entries = readings["counters/door-counter/entries"]
-    assert (entries.unit, type(entries.value)) == ("count", int)
+    assert entries.unit == "count"
+    assert isinstance(entries.value, int)
     assert entries.value >= 100

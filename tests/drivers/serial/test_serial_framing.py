@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,7 +134,8 @@ def test_length_reject_finds_frame_inside_false_one() -> None:
     truncated = pms(b"0123456789")[:7]
     f.push(truncated + pms(b"abcdefghij") + pms(b"z"))
     first = f.pop()
-    assert first is not None and first.startswith(truncated)
+    assert first is not None
+    assert first.startswith(truncated)
     f.reject()
     assert f.pop() == pms(b"abcdefghij")
     assert f.pop() == pms(b"z")
@@ -223,7 +225,7 @@ def test_random_bytes_any_chunking_same_frames(config: SimpleNamespace, data: by
     chunked = make_framer(config)
     got: list[bytes] = []
     edges = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         got += chunked.feed(data[a:b])
     assert got == expected
     assert chunked.stats == whole.stats

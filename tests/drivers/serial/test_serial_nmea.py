@@ -101,7 +101,8 @@ def test_mda_weather_composite() -> None:
 
 
 def test_mda_pressure_from_inches_and_wind_from_knots() -> None:
-    got = values(NmeaDecoder(["MDA"]).decode(sentence("WIMDA,30.000,I,,B,,C,,C,,,,C,,T,,M,10,N,,M")))
+    got = values(NmeaDecoder(["MDA"]).decode(
+        sentence("WIMDA,30.000,I,,B,,C,,C,,,,C,,T,,M,10,N,,M")))
     assert got == {"pressure": 101591.7, "wind_speed": 5.144}
 
 
