@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import signal
@@ -68,6 +69,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from gateway import _cli_tools  # noqa: PLC0415
 
     _cli_tools.register(sub)
+    from gateway.status import register_cli as register_status  # noqa: PLC0415
+
+    register_status(sub)
     if not argv or argv[0] not in _CORE:
         _register_plugins(sub)
     return parser
@@ -132,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.log_level is None:
         setup_logging(cfg.gateway.log_level)
+    # systemd's watchdog kills a hung gateway with SIGABRT: every thread's stack goes to the log.
+    faulthandler.enable()
 
     async def go() -> int:
         gw = Gateway(cfg)

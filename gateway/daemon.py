@@ -20,8 +20,18 @@ from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Reading
 from drivers.registry import Registry, load_registry
 from gateway import __version__
 from gateway.batch import encode_batch
+from gateway.clock import K_CLOCK, ClockTracker, boot_id
 from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
+from gateway.logs import flush_suppressed
+from gateway.notify import Liveness, Notifier, uplink_probe, watchdog_loop, worker_probe
+from gateway.status import (
+    StatusReporter,
+    build_status,
+    status_path,
+    uplink_view,
+    write_status_file,
+)
 from gateway.uplink import TlsFiles, Uplink
 from provisioning.keys import KeyPermissionError, load_or_create_signing_key
 
@@ -41,7 +51,7 @@ class _Sink:
         self._gw.emit(readings)
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return self._gw.clock.now_ms()
 
     def backlog(self) -> int:
         store = self._gw.store
@@ -75,6 +85,15 @@ class Gateway:
         self._uplink_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "rejected": 0}
+        self.notifier = Notifier()
+        self.liveness = Liveness()
+        self.clock = ClockTracker()  # replaced by one with saved state once the buffer is open
+        self._seq_base = 1  # seq of the first reading appended by this process
+        self._stats: Any = None  # StoreStats, refreshed off the loop by the status reporter
+        self.reporter = StatusReporter(
+            self._status_doc, publish=self._publish_status,
+            path=status_path(cfg.gateway.status_socket, state_dir=cfg.gateway.state_dir),
+            interval=float(cfg.uplink.status_interval), on_summary=self.notifier.status)
         self._lock: int | None = None
 
     # -- driver side -------------------------------------------------------------------------
@@ -129,6 +148,7 @@ class Gateway:
         self._key = await self._io_call(load_or_create_signing_key, key_path)
         self._kid = kid_for(self._key.public_key())
         self.store = await self._io_call(self._open_store)
+        await self._start_clock()
         self.uplink = self._make_uplink()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -137,14 +157,17 @@ class Gateway:
                 tg.create_task(self._committer(), name="streetgate.buffer.commit")
                 self._forward_task = tg.create_task(self._forwarder(),
                                                     name="streetgate.uplink.forward")
-                tg.create_task(self._status_loop(), name="streetgate.status")
+                self._start_service_tasks(tg)
                 for d in self.cfg.drivers:
                     self._start_driver(d)
                 self.ready.set()
+                await self.reporter.step()
+                self.notifier.ready()
                 _log.info("gateway %s up: %d driver(s), buffer %s (epoch %d)", g.id,
                           len(self._tasks), self.cfg.gateway.path(self.cfg.buffer.path),
                           self.store.epoch)
                 await self._stop.wait()
+                self.notifier.stopping()
                 await self.stop_drivers()
                 await self._drain()
                 tg.create_task(_leave(), name="streetgate.stop")
@@ -153,6 +176,43 @@ class Gateway:
         finally:
             await self._shutdown()
         return 0
+
+    async def _start_clock(self) -> None:
+        assert self.store is not None  # noqa: S101
+        store = self.store
+        saved = await self._io_call(store.kv_get, "clock")
+        # kv_set fsyncs: on the store's worker thread, in order with the commits.
+        self.clock = ClockTracker(saved=saved, boot=boot_id(),
+                                  save=lambda b: self._io.submit(store.kv_set, "clock", b))
+        self._seq_base = store.last_seq + 1 + store.pending()
+        self.clock.start(self._next_seq())
+
+    def _next_seq(self) -> int:
+        # Seqs are assigned in append order, so the next one follows from the append count.
+        return self._seq_base + (self.store.appended if self.store else 0)
+
+    def _start_service_tasks(self, tg: asyncio.TaskGroup) -> None:
+        tg.create_task(self.reporter.run(), name="streetgate.status")
+        tg.create_task(self._clock_loop(), name="streetgate.clock")
+        # Watchdog (gateway/notify.py): pings come from this loop while the store's worker
+        # thread answers and no MQTT connect attempt hangs; a broker outage is not a fault.
+        self.liveness.expect("store", 120.0)
+        self.liveness.expect("uplink", 320.0)
+        tg.create_task(worker_probe(self.liveness, lambda: self._io_call(_noop)),
+                       name="streetgate.watchdog.store")
+        tg.create_task(uplink_probe(self.liveness, lambda: self.uplink.state if self.uplink
+                                    else "stopped"), name="streetgate.watchdog.uplink")
+        tg.create_task(watchdog_loop(self.notifier, self.liveness, why=self.liveness.stale),
+                       name="streetgate.watchdog")
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            was = self.clock.synced
+            self.clock.poll(self._next_seq())
+            if self.clock.synced != was:
+                self.reporter.changed()
+            flush_suppressed()  # rate-limited log runs that ended get their summary line
 
     def _start_driver(self, d: DriverInstance) -> None:
         assert self._tg is not None  # noqa: S101
@@ -163,10 +223,12 @@ class Gateway:
     async def reload(self, path: str | Path) -> bool:
         """Re-read the config: drivers added, removed or changed; uplink reconnected if its
         settings changed. An invalid file is rejected and the running config kept."""
+        self.notifier.reloading()
         try:
             new = await asyncio.get_running_loop().run_in_executor(
                 None, load_config, path, self.registry)
         except ConfigError as exc:
+            self.notifier.ready()
             self.reloads["rejected"] += 1
             _log.error("reload rejected, keeping the running config: %s",
                        "; ".join(exc.lines()))
@@ -191,6 +253,8 @@ class Gateway:
             await self._restart_uplink()
         self.reloads["ok"] += 1
         self._commit_now.set()
+        self.reporter.changed()
+        self.notifier.ready()
         return True
 
     async def _restart_uplink(self) -> None:
@@ -277,10 +341,16 @@ class Gateway:
     async def _shutdown(self) -> None:
         if self.uplink is not None:
             await self.uplink.close()
+        self.clock.close()
+        if self.reporter.path is not None:
+            with contextlib.suppress(OSError):
+                write_status_file(self.reporter.path, {"state": "offline", "gateway":
+                                                       self.cfg.gateway.id, "clean": True})
         if self.store is not None:
             store, self.store = self.store, None
             await self._io_call(store.close)
         self._io.shutdown(wait=True)
+        self.notifier.close()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -375,9 +445,11 @@ class Gateway:
         lease = self.store.lease(limit)
         if lease is None:
             return None
+        spans = self.clock.extension(lease.first_seq, lease.last_seq)
         payload = encode_batch(
             gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
-            batch_seq=self.store.next_batch_seq(), rows=lease.rows, gaps=lease.gaps)
+            batch_seq=self.store.next_batch_seq(), rows=lease.rows, gaps=lease.gaps,
+            extra={K_CLOCK: spans} if spans else None)
         # Once encoded, the rows themselves are not needed: ack and release work on the
         # lease's seq span, and a full in-flight window of rows would cost megabytes.
         slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows))
@@ -388,6 +460,7 @@ class Gateway:
             self.store.release(item.lease)
 
     def _on_ack(self, item: _InFlight) -> None:
+        self.clock.delivered(item.lease.first_seq, item.lease.last_seq)
         self.counters["delivered"] += item.count
         if self.store is not None:
             self._io.submit(self.store.ack, item.lease)
@@ -397,31 +470,26 @@ class Gateway:
             self._io.submit(self.store.release, item.lease)
             self._new_data.set()
 
-    async def _status_loop(self) -> None:
-        assert self.uplink is not None  # noqa: S101
-        while True:
-            await asyncio.sleep(float(self.cfg.uplink.status_interval))
+    def _publish_status(self, _doc: dict[str, Any]) -> None:
+        if self.uplink is not None:
             self.uplink.publish_status()
 
     # -- status ----------------------------------------------------------------------------------
+    async def _status_doc(self) -> dict[str, Any]:
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                self._stats = await self._io_call(self.store.stats)
+        return self.status()
+
     def status(self) -> dict[str, Any]:
-        up = self.uplink
-        st = self.store
-        return {
-            "state": "online",
-            "gateway": self.cfg.gateway.id,
-            "version": __version__,
-            "boot_id": self.boot_id,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "kid": self._kid.hex(),
-            "uplink": {"state": up.state if up else "stopped", "inflight": up.inflight if up else 0,
-                       "last_error": up.last_error if up else None,
-                       **(up.counters if up else {})},
-            "buffer": {"pending": st.pending() if st else 0, "epoch": st.epoch if st else None},
-            "counters": dict(self.counters),
-            "drivers": {name: {"health": h.snapshot()} for name, (_, h) in self.drivers.items()},
-        }
+        """The status document; buffer figures from the reporter's last refresh (2 s)."""
+        return build_status(
+            gateway_id=self.cfg.gateway.id, version=__version__, boot_id=self.boot_id,
+            started=self.started, buffer=self._stats, uplink=uplink_view(self.uplink),
+            drivers={inst: h.snapshot() for inst, (_, h) in self.drivers.items()},
+            driver_kinds={inst: d.driver for inst, (_, d) in self._tasks.items()},
+            clock=self.clock.snapshot(), counters=self.counters, kid=self._kid.hex(),
+            reloads=dict(self.reloads))
 
 
 class AlreadyRunningError(RuntimeError):
@@ -452,6 +520,10 @@ class _InFlight:
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup
+    pass
+
+
+def _noop() -> None:
     pass
 
 

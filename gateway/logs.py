@@ -182,11 +182,27 @@ def flush_suppressed() -> int:
     return _installed.flush() if _installed is not None else 0
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (it may be swapped after setup, e.g. by a
+    test harness or a daemonizing wrapper), not the object it was at setup."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
 def setup_logging(level: str, *, window: float = 60.0, stream: IO[str] | None = None) -> None:
     """Log to stderr: journald-style under systemd, timestamped on a console; rate-limited."""
     global _installed  # noqa: PLW0603 - one process-wide logging setup
     out = stream or sys.stderr
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(out) if stream is not None else _StderrHandler()
     handler.setFormatter(_Formatter(journal=on_journal(out)))
     limiter = RateLimitFilter(window)
     limiter.emit = handler.handle

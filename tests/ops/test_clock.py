@@ -247,3 +247,17 @@ def test_batches_carry_the_marks_and_the_correction(tmp_path: Path) -> None:
     # The spans live in the buffer's own database: same fate as the readings they describe.
     assert ClockTracker(clock, saved=store.kv_get("clock")).spans[0].offset_ms == offset
     store.close()
+
+
+def test_seqs_counted_but_never_committed_leave_the_span(tmp_path: Path) -> None:
+    saved: list[bytes] = []
+    f, clock = _fake(tmp_path, f"unsynced:{-HOUR}")
+    one = ClockTracker(clock, save=saved.append, boot="boot-A")
+    one.start(next_seq=1)
+    f.write_text("synced")
+    assert one.poll(next_seq=61) is not None  # 1..60 counted, then a crash before the commit
+    # The buffer only ever assigned 1..40: the new process hands out 41.. to synced readings.
+    two = ClockTracker(clock, saved=saved[-1], boot="boot-A")
+    two.start(next_seq=41)
+    assert [(s.first_seq, s.last_seq) for s in two.spans] == [(1, 40)]
+    assert two.extension(41, 50) == [[1, 40, two.spans[0].offset_ms]]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,54 +25,15 @@ from gateway.notify import (
     watchdog_loop,
     worker_probe,
 )
+from tests.ops.fakes import FakeSystemd, fake_notify_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeSystemd:
-    """The receiving end of $NOTIFY_SOCKET: a thread stamps each datagram as it arrives."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.sock.settimeout(0.02)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append((time.monotonic(), fields))
-
-    def wait(self, seconds: float) -> list[dict[str, str]]:
-        time.sleep(seconds)
-        return [m for _, m in self.messages]
-
-    def pings(self) -> list[float]:
-        return [t for t, m in self.messages if m.get("WATCHDOG") == "1"]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture
 def fake_systemd() -> Iterator[tuple[FakeSystemd, str]]:
-    # A short directory: AF_UNIX paths are limited to 108 bytes.
-    with tempfile.TemporaryDirectory(prefix="sgn") as d:
-        path = str(Path(d) / "notify")
-        fake = FakeSystemd(path)
-        try:
-            yield fake, path
-        finally:
-            fake.close()
+    with fake_notify_socket() as fake:
+        yield fake
 
 
 def test_messages_reach_the_socket(fake_systemd: tuple[FakeSystemd, str]) -> None:
@@ -124,7 +83,8 @@ def test_no_op_outside_systemd_and_when_nobody_listens(tmp_path: Path) -> None:
 def test_watchdog_interval_is_half_the_timeout_and_only_ours() -> None:
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    mine = str(os.getpid())
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": mine}) == 15.0
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
@@ -151,7 +111,8 @@ def test_watchdog_loop_pings_only_while_healthy(fake_systemd: tuple[FakeSystemd,
         fake, path = fake_systemd
         n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
         healthy = [True]
-        task = asyncio.create_task(watchdog_loop(n, lambda: healthy[0], why=lambda: ["store silent"]))
+        task = asyncio.create_task(watchdog_loop(n, lambda: healthy[0],
+                                                 why=lambda: ["store silent"]))
         try:
             await asyncio.sleep(0.3)
             healthy[0] = False
@@ -288,4 +249,4 @@ def test_a_running_event_loop_keeps_pinging(fake_systemd: tuple[FakeSystemd, str
     assert rc is None, "a healthy process was killed"
     pings = fake.pings()
     assert len(pings) >= 6
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.4
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4

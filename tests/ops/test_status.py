@@ -71,12 +71,12 @@ def test_document_carries_what_operators_need(tmp_path: Path) -> None:
     assert d["driver"] == "modbus"
     assert not d["ok"]
     assert d["failing"] == ["meter-2"]
-    assert d["devices"]["meter-1"]["state"] == "ok"
-    m2 = d["devices"]["meter-2"]
+    assert d["health"]["devices"]["meter-1"]["state"] == "ok"
+    m2 = d["health"]["devices"]["meter-2"]
     assert (m2["state"], m2["failing_since"]) == ("failing", NOW - 754)
     assert m2["last_error"] == "no response within 500ms (timeout)"
     assert m2["counters"] == {"timeouts": 1}
-    assert d["counters"] == {"polls": 40}
+    assert d["health"]["counters"] == {"polls": 40}
     assert doc["buffer"]["depth"] == 3
     assert doc["buffer"]["oldest_age_s"] == 42.0
     assert doc["drops"] == {"buffer": 0, "gaps_pending": 0}
@@ -145,7 +145,7 @@ def test_status_path_prefers_the_runtime_directory(tmp_path: Path) -> None:
         Path("/run/sg/status.json")
     assert status_path("status.json", state_dir="/var/lib/sg", runtime_dir="") == \
         Path("/var/lib/sg/status.json")
-    assert status_path("/tmp/x.json", runtime_dir="/run/sg") == Path("/tmp/x.json")
+    assert status_path("/srv/x.json", runtime_dir="/run/sg") == Path("/srv/x.json")
 
 
 def _cli(argv: list[str]) -> int:

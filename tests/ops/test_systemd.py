@@ -7,6 +7,8 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,7 @@ def test_unit_settings() -> None:
     # The daemon must find its status file where `streetgate status` looks first.
     from gateway.status import RUNTIME_DIR  # noqa: PLC0415
 
-    assert RUNTIME_DIR == Path("/run") / single["RuntimeDirectory"]
+    assert Path("/run") / single["RuntimeDirectory"] == RUNTIME_DIR
 
 
 def _staged(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -109,7 +111,8 @@ def test_install_again_keeps_the_config_and_follows_the_prefix(tmp_path: Path) -
     assert conf.read_text() == '[gateway]\nid = "cab-9"\n'
     assert "keeping the existing" in proc.stdout
     unit = (tmp_path / "etc/systemd/system/streetgate.service").read_text()
-    assert "ExecStart=/srv/sg/.venv/bin/streetgate run --config /etc/streetgate/gateway.toml" in unit
+    start = "ExecStart=/srv/sg/.venv/bin/streetgate run --config /etc/streetgate/gateway.toml"
+    assert start in unit
     assert "/opt/streetgate" not in unit
 
 
@@ -121,3 +124,39 @@ def test_install_refuses_bad_arguments(tmp_path: Path) -> None:
                               check=False, env={**os.environ, "DESTDIR": ""})
         assert proc.returncode == 1
         assert "run as root" in proc.stderr
+
+
+_MDWE_CHILD = textwrap.dedent("""
+    import asyncio, ctypes, os, sys, tempfile
+    from pathlib import Path
+
+    # prctl(2) PR_SET_MDWE = 65, PR_MDWE_REFUSE_EXEC_GAIN = 1: the kernel's own form of
+    # systemd's MemoryDenyWriteExecute= (no mapping may become writable and executable).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(65, 1, 0, 0, 0) != 0:
+        print("no-mdwe", os.strerror(ctypes.get_errno()))
+        sys.exit(0)
+    from gateway.broker import Mosquitto
+    from tests.helpers.e2e import deliver
+
+    async def main(work):
+        with Mosquitto(work / "broker") as broker:
+            result = await deliver({"sim": [{"instance": "s1", "devices": 1,
+                                             "interval": "20ms"}]},
+                                   broker, work / "state", until=lambda rs: len(rs) >= 20)
+        print("ok", len(result.readings))
+
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(main(Path(d)))
+""")
+
+
+def test_the_gateway_runs_without_writable_executable_memory() -> None:
+    """MemoryDenyWriteExecute=yes: CPython, ctypes, cryptography, SQLite, paho all cope."""
+    proc = subprocess.run([sys.executable, "-c", _MDWE_CHILD], capture_output=True, text=True,
+                          check=False, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.stdout.startswith("no-mdwe"):
+        pytest.skip(f"kernel lacks PR_SET_MDWE (Linux >= 6.3): {proc.stdout.strip()}")
+    assert proc.stdout.startswith("ok "), proc.stdout
