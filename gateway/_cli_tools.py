@@ -107,6 +107,12 @@ class _VerifyPrinter:
                   file=sys.stderr)
         if res.missing:
             print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
+        for first, last, offset in res.extra.get(9, []):
+            # Readings stamped before the gateway's clock synced (docs/wire-format.md, key 9).
+            known = f"true time = ts {offset:+d} ms" if isinstance(offset, int) and not \
+                isinstance(offset, bool) else "offset not known yet"
+            print(f"{name}: clock unsynchronized for seqs {first}-{last}: {known}",
+                  file=sys.stderr)
         if not self.args.quiet and res.readings:
             # One SenML pack (RFC 8428 §5) per batch and line.
             print(senml_json(res.gateway_id, res.readings,

@@ -234,7 +234,9 @@ class Verifier:
             stream.highest_batch = batch.batch_seq
             self._stats["duplicates"] += dupes
             self._stats["duplicate_batches"] += 1
-            return Result("duplicate", duplicates=dupes, missing=stream.missing(), **info)
+            # Extensions still count: a clock correction may ride on a resent batch.
+            return Result("duplicate", duplicates=dupes, missing=stream.missing(),
+                          extra=batch.extra, **info)
         self._commit(stream, batch, new, new_gaps, dupes, late=late)
         lag = (received_ms - max(r.ts for _s, r in new)
                if received_ms is not None and new else None)
