@@ -47,7 +47,7 @@ soak: deps
 bench: deps
 	$(VENV)/bin/streetgate bench
 
-install: deps
+install: $(STAMP)
 	bash systemd/install.sh
 
 flash-rig: $(STAMP)
