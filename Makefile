@@ -36,7 +36,8 @@ test: deps lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway drivers buffer provisioning
+	$(VENV)/bin/ruff check gateway drivers buffer provisioning hil_tests tests/hil
+	$(PY) hil_tests/firmware/typecheck.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -17,7 +17,7 @@ from drivers.api import ConfigError
 __all__ = ["main"]
 
 _CORE = {"run", "check", "key", "buffer", "verify", "demo", "bench", "status", "drivers",
-         "new-driver", "-h", "--help", "--version"}
+         "new-driver", "hil", "-h", "--help", "--version"}
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from gateway import _cli_tools  # noqa: PLC0415
 
     _cli_tools.register(sub)
+    from gateway.hil import register_cli as register_hil  # noqa: PLC0415
+
+    register_hil(sub)
     from gateway.status import register_cli as register_status  # noqa: PLC0415
 
     register_status(sub)
