@@ -183,28 +183,28 @@ def _signing_key(args: argparse.Namespace) -> Any:
     return load_or_create_signing_key(path)
 
 
-def cmd_key_public(args: argparse.Namespace) -> int:
-    from provisioning.keys import KeyFileError, public_key_pem  # noqa: PLC0415
+def _show_key(args: argparse.Namespace, show: Any) -> int:
+    from provisioning.keys import KeyFileError  # noqa: PLC0415
 
     try:
         key = _signing_key(args)
     except KeyFileError as exc:
         print(f"streetgate: {exc}", file=sys.stderr)
         return 1
-    print(public_key_pem(key.public_key()), end="")
+    print(show(key.public_key()), end="")
     return 0
+
+
+def cmd_key_public(args: argparse.Namespace) -> int:
+    from provisioning.keys import public_key_pem  # noqa: PLC0415
+
+    return _show_key(args, public_key_pem)
 
 
 def cmd_key_fingerprint(args: argparse.Namespace) -> int:
-    from provisioning.keys import KeyFileError, fingerprint  # noqa: PLC0415
+    from provisioning.keys import fingerprint  # noqa: PLC0415
 
-    try:
-        key = _signing_key(args)
-    except KeyFileError as exc:
-        print(f"streetgate: {exc}", file=sys.stderr)
-        return 1
-    print(fingerprint(key.public_key()))
-    return 0
+    return _show_key(args, lambda pub: fingerprint(pub) + "\n")
 
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def ensure_dir(path: Path, mode: int = 0o700) -> None:
         path.chmod(mode)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -45,7 +45,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     finally:
         os.close(fd)
     tmp.replace(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -70,4 +70,4 @@ def remove_securely(path: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -18,6 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from provisioning._files import fsync_dir
+
 __all__ = [
     "KeyFileError",
     "KeyFormatError",
@@ -128,14 +130,6 @@ def _make_private_dir(directory: Path) -> None:
     directory.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened: set it
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path: Path) -> None:
     """Write a new key to a 0600 temp file, then link it in: it appears whole or not at all."""
     key = Ed25519PrivateKey.generate()
@@ -156,7 +150,7 @@ def _create(path: Path) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -13,11 +13,10 @@ certificate keep the uplink running meanwhile (:func:`provisioning.install.insta
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import TYPE_CHECKING
 
 from provisioning import _protocol
-from provisioning._files import write_private
+from provisioning._files import fsync_dir, write_private
 from provisioning._tlserrors import client_tls_context
 from provisioning.certs import CertInfo, generate_tls_key, key_pem
 from provisioning.enroll import Endpoint, EnrollError, exchange, install_response
@@ -54,14 +53,6 @@ class RekeyResult:
     certificate: CertInfo | None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rotate_signing_key(state_dir: Path, *,
                        register: Callable[[ed25519.Ed25519PublicKey], None] | None = None
                        ) -> SigningRotation:
@@ -77,7 +68,7 @@ def rotate_signing_key(state_dir: Path, *,
         register(new.public_key())
     old_kid = record_key(layout.retired_dir, old.public_key(), gateway_id=ident.gateway_id)
     layout.next_signing_key.replace(layout.signing_key)
-    _fsync_dir(layout.signing_key.parent)
+    fsync_dir(layout.signing_key.parent)
     return SigningRotation(old_kid, kid_for(new.public_key()),
                            layout.retired_dir / f"{old_kid}.pub.pem", public_pem(new.public_key()))
 
