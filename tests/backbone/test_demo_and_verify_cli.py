@@ -63,3 +63,43 @@ def test_demo_human_output(tmp_path: Path) -> None:
     assert "verified" in proc.stdout
     assert "lost" in proc.stdout
     assert "summary:" in proc.stdout
+
+
+def test_verify_subscribes_to_a_broker(tmp_path: Path) -> None:
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from gateway.broker import Mosquitto  # noqa: PLC0415
+    from gateway.daemon import Gateway  # noqa: PLC0415
+    from provisioning.keys import load_or_create_signing_key, public_key_pem  # noqa: PLC0415
+    from tests.helpers.e2e import gateway_config  # noqa: PLC0415
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        cfg = gateway_config(tmp_path / "state", broker.port,
+                             {"sim": [{"instance": "v", "devices": 2, "interval": "50ms"}]},
+                             uplink={"batch_linger": "200ms"})
+        key = load_or_create_signing_key(cfg.gateway.path(cfg.gateway.signing_key))
+        pub = tmp_path / "gw.pem"
+        pub.write_text(public_key_pem(key.public_key()))
+        verify = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "gateway", "verify", "--key", str(pub), "--broker",
+             f"127.0.0.1:{broker.port}", "--count", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # subscribed before the gateway publishes
+
+        async def produce() -> None:
+            gw = Gateway(cfg)
+            task = asyncio.create_task(gw.run())
+            deadline = time.monotonic() + 30
+            while verify.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            gw.stop()
+            await task
+
+        asyncio.run(produce())
+        out, err = verify.communicate(timeout=10)
+    assert verify.returncode == 0, err
+    packs = [json.loads(line) for line in out.splitlines()]
+    assert len(packs) == 5
+    assert all(pack[0]["bn"] == "cab-test/" for pack in packs)
+    assert '"batches": 5' in err
