@@ -82,7 +82,8 @@ def valid(r: Reading) -> bool:
     """Whether a reading's point, unit, ts and quality can be stored (values always can)."""
     return (type(r.point) is str and (r.unit is None or type(r.unit) is str)
             and type(r.ts) is int and _I64_MIN <= r.ts <= _I64_MAX
-            and isinstance(r.quality, int) and 0 <= r.quality < 1 << 32)
+            and isinstance(r.quality, int) and 0 <= r.quality < 1 << 32
+            and _str_kind(r.point) == _PLAIN and (r.unit is None or _str_kind(r.unit) == _PLAIN))
 
 
 def _str_kind(v: str) -> int:

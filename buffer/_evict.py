@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from buffer._inflight import Inflight
 
-__all__ = ["POINTS_CAP", "Cap", "drop", "gap_from_db", "gaps_for_db"]
+__all__ = ["POINTS_CAP", "Cap", "drop", "gap_from_db", "gaps_for_db", "record"]
 
 log = logging.getLogger("streetgate.buffer")
 
@@ -107,7 +107,7 @@ def drop(
             rows.reverse()
         for run in _runs(rows):
             conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (run[0][0], run[-1][0]))
-            _record(conn, _gap(run, names), gaps, busy)
+            record(conn, _gap(run, names), gaps, busy)
             done += len(run)
     return done
 
@@ -130,7 +130,7 @@ def _gap(run: list[tuple[int, int, int]], names: Mapping[int, tuple[str, str | N
     return Gap(run[0][0], run[-1][0], len(run), min(ts), max(ts), points, len(pids) > POINTS_CAP)
 
 
-def _record(conn: sqlite3.Connection, gap: Gap, gaps: dict[int, Gap], busy: set[int]) -> None:
+def record(conn: sqlite3.Connection, gap: Gap, gaps: dict[int, Gap], busy: set[int]) -> None:
     prev = next((g for g in gaps.values() if g.last_seq + 1 == gap.first_seq), None)
     if prev is not None and prev.first_seq not in busy:
         gap = _merge(prev, gap)

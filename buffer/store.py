@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from buffer._codec import KIND_BITS, decode, encode, valid
 from buffer._db import StoreError, durable, file_bytes, open_db, rollback
-from buffer._evict import Cap, gap_from_db
+from buffer._evict import POINTS_CAP, Cap, gap_from_db, record
 from buffer._inflight import Inflight, Span
-from buffer.types import Lease, StoreStats
+from buffer.types import Gap, Lease, StoreStats
 
 if TYPE_CHECKING:
     import os
@@ -66,7 +66,8 @@ class Store:
     """The SQLite reading buffer; every method is thread-safe."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024,
-                 synchronous: Synchronous = "normal", drop_policy: DropPolicy = "oldest") -> None:
+                 synchronous: Synchronous = "normal", drop_policy: DropPolicy = "oldest",
+                 max_pending: int = 200_000) -> None:
         if synchronous not in ("off", "normal", "full"):
             raise ValueError(f"synchronous: expected off, normal or full; got {synchronous!r}")
         if drop_policy not in ("oldest", "newest"):
@@ -80,6 +81,10 @@ class Store:
         self._db_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._pending: list[Reading] = []
+        #: Readings that could not wait any longer for a commit (disk full, read-only):
+        #: dropped oldest first, and recorded as a gap by the next commit that works.
+        self.max_pending = max_pending
+        self._overflow: _Overflow | None = None
         self._inflight = Inflight()
         self._lease_ids = itertools.count(1)
         self._closed = False
@@ -124,6 +129,15 @@ class Store:
             before = len(self._pending)
             self._pending.extend(readings)
             self.appended += len(self._pending) - before
+            over = len(self._pending) - self.max_pending
+            if over > 0:
+                lost, self._pending[:over] = self._pending[:over], []
+                if self._overflow is None:
+                    self._overflow = _Overflow()
+                    log.error("buffer %s cannot keep up (commits failing?): dropping the oldest "
+                              "queued readings; the loss is reported upstream as a gap",
+                              self.path)
+                self._overflow.add(lost)
 
     def pending(self) -> int:
         with self._queue_lock:
@@ -175,7 +189,10 @@ class Store:
 
     def _write(self, batch: list[Reading]) -> int:
         conn = self._conn
-        first = self._next_seq
+        with self._queue_lock:
+            overflow, self._overflow = self._overflow, None
+        lost = overflow.count if overflow is not None else 0
+        first = self._next_seq + lost  # the lost readings' seqs go to their gap
         added: list[tuple[str, str | None]] = []
         gaps = dict(self._gaps)
 
@@ -189,6 +206,8 @@ class Store:
 
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if overflow is not None:
+                record(conn, overflow.gap(self._next_seq), gaps, set())
             rows = encode(batch, first, intern, self._ids)
             conn.executemany(_INSERT, rows)
             dropped = self._cap.enforce((first, first + len(rows) - 1), self._depth + len(rows),
@@ -198,10 +217,14 @@ class Store:
             rollback(conn)
             for key in added:
                 del self._names[self._ids.pop(key)]
+            if overflow is not None:
+                with self._queue_lock:
+                    overflow.merge(self._overflow)
+                    self._overflow = overflow
             raise
         self._next_seq = first + len(rows)
         self._depth += len(rows) - dropped
-        self.dropped += dropped
+        self.dropped += dropped + lost
         self._gaps = gaps
         if self.synchronous == "full":
             self._synced_seq = self._next_seq - 1
@@ -398,3 +421,41 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Overflow:
+    """What was dropped from the in-memory queue: count, time range, points."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.points: set[str] = set()
+        self.truncated = False
+
+    def add(self, lost: list[Reading]) -> None:
+        self.count += len(lost)
+        ts = [r.ts for r in lost if type(r.ts) is int]
+        if ts:
+            self.first_ts = min(ts + ([self.first_ts] if self.first_ts is not None else []))
+            self.last_ts = max(ts + ([self.last_ts] if self.last_ts is not None else []))
+        for r in lost:
+            if len(self.points) >= POINTS_CAP:
+                self.truncated = True
+                break
+            self.points.add(str(r.point))
+
+    def merge(self, other: _Overflow | None) -> None:
+        if other is None:
+            return
+        self.count += other.count
+        for t in (other.first_ts, other.last_ts):
+            if t is not None:
+                self.first_ts = t if self.first_ts is None else min(self.first_ts, t)
+                self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
+        self.points |= other.points
+        self.truncated = self.truncated or other.truncated
+
+    def gap(self, first_seq: int) -> Gap:
+        return Gap(first_seq, first_seq + self.count - 1, self.count, self.first_ts or 0,
+                   self.last_ts or 0, tuple(sorted(self.points)[:POINTS_CAP]), self.truncated)

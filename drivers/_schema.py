@@ -108,8 +108,8 @@ def option(
     meta = {"doc": doc, "secret": secret, "minimum": minimum, "maximum": maximum,
             "pattern": pattern}
     if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=factory, metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def _describe(tp: Any) -> str:  # noqa: C901 - one branch per supported annotation
@@ -137,6 +137,11 @@ def _describe(tp: Any) -> str:  # noqa: C901 - one branch per supported annotati
     return str(tp)
 
 
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return kinds.get(type(value), "a table" if isinstance(value, Mapping) else "a value")
+
+
 def _found(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -156,8 +161,12 @@ class _Walker:
     def fail(self, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(path, message))
 
-    def expected(self, path: str, tp: Any, value: Any) -> None:
-        self.fail(path, f"expected {_describe(tp)}; got {_found(value)}")
+    def expected(self, path: str, tp: Any, value: Any,
+                 meta: Mapping[str, Any] | None = None) -> None:
+        found = _found(value)
+        if meta and meta.get("secret"):
+            found = f"{_kind(value)} (secret, not shown)"
+        self.fail(path, f"expected {_describe(tp)}; got {found}")
 
     def value(self, tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:  # noqa: C901, PLR0912
         origin = get_origin(tp)
@@ -174,7 +183,7 @@ class _Walker:
                 result = probe.value(arg, value, path, meta)
                 if not probe.issues:
                     return result
-            self.expected(path, tp, value)
+            self.expected(path, tp, value, meta)
             return None
         if origin is Literal:
             choices = get_args(tp)
@@ -184,19 +193,19 @@ class _Walker:
             return value
         if origin is list:
             if not isinstance(value, list):
-                self.expected(path, tp, value)
+                self.expected(path, tp, value, meta)
                 return []
             (item,) = get_args(tp)
             return [self.value(item, v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
         if origin is dict:
             if not isinstance(value, Mapping):
-                self.expected(path, tp, value)
+                self.expected(path, tp, value, meta)
                 return {}
             _, item = get_args(tp)
             return {k: self.value(item, v, f"{path}.{k}", meta) for k, v in value.items()}
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
-                self.expected(path, tp, value)
+                self.expected(path, tp, value, meta)
                 return None
             return self.table(typing.cast("type[Any]", tp), value, path)
         if isinstance(tp, type) and issubclass(tp, (Duration, ByteSize)):
@@ -208,12 +217,12 @@ class _Walker:
         if tp is ByteSize and isinstance(value, int) and not isinstance(value, bool):
             return self.bounded(ByteSize(value), path, meta)
         if not isinstance(value, str):
-            self.expected(path, tp, value)
+            self.expected(path, tp, value, meta)
             return None
         try:
             return self.bounded(tp.parse(value), path, meta)
         except ValueError:
-            self.expected(path, tp, value)
+            self.expected(path, tp, value, meta)
             return None
 
     def scalar(self, tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
@@ -224,12 +233,13 @@ class _Walker:
             or (tp is str and isinstance(value, str))
         )
         if not ok:
-            self.expected(path, tp, value)
+            self.expected(path, tp, value, meta)
             return None
         if tp is float:
             value = float(value)
         if tp is str and meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-            self.fail(path, f"expected a string matching {meta['pattern']}; got {_found(value)}")
+            shown = "a string (secret, not shown)" if meta.get("secret") else _found(value)
+            self.fail(path, f"expected a string matching {meta['pattern']}; got {shown}")
         return self.bounded(value, path, meta)
 
     def bounded(self, value: Any, path: str, meta: Mapping[str, Any]) -> Any:

@@ -15,8 +15,8 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     p = sub.add_parser("verify", help="verify signed batches from files or a broker; print SenML")
-    p.add_argument("--key", action="append", default=[], metavar="PUB.pem",
-                   help="a gateway public key (repeatable)")
+    p.add_argument("--key", action="append", default=[], metavar="[GATEWAY=]PUB.pem",
+                   help="a gateway public key (repeatable); GATEWAY= binds it to that gateway")
     p.add_argument("--keys", metavar="DIR",
                    help="the registrar's key directory (<kid>.pub.pem, bound to their gateways)"
                         " or any directory of *.pem public keys")
@@ -60,7 +60,15 @@ def _load_keys(args: argparse.Namespace) -> tuple[dict[bytes, Any], dict[bytes, 
 
     keys: dict[bytes, Any] = {}
     gateways: dict[bytes, str] = {}
-    paths = [Path(k) for k in args.key]
+    paths: list[Path] = []
+    for arg in args.key:
+        gateway, sep, file = arg.partition("=")
+        if sep and not Path(arg).exists():
+            pub = load_public_key(Path(file))
+            keys[kid_for(pub)] = pub
+            gateways[kid_for(pub)] = gateway
+        else:
+            paths.append(Path(arg))
     if args.keys:
         for kid, known in load_key_directory(Path(args.keys)).items():
             keys[bytes.fromhex(kid)] = known.public_key
@@ -71,6 +79,10 @@ def _load_keys(args: argparse.Namespace) -> tuple[dict[bytes, Any], dict[bytes, 
     for path in paths:
         pub = load_public_key(path)
         keys[kid_for(pub)] = pub
+    if len(keys) - len(gateways) > 1:
+        print("streetgate verify: warning: several keys are not bound to a gateway, so any of "
+              "them may sign for any gateway; bind them with --key GATEWAY=PUB.pem",
+              file=sys.stderr)
     return keys, gateways
 
 
@@ -97,6 +109,14 @@ class _VerifyPrinter:
         from gateway.senml import senml_json  # noqa: PLC0415
 
         res = self.verifier.feed(payload)
+        parts = name.split("/")
+        if self.args.broker and res.authentic and len(parts) >= 3 and parts[-2] != res.gateway_id:
+            # <prefix>/<gateway-id>/batch: the broker's ACL vouches for the topic, the
+            # signature for the batch; both must name the same gateway.
+            self.rejected += 1
+            print(f"{name}: rejected: batch of {res.gateway_id!r} on another gateway's topic",
+                  file=sys.stderr)
+            return
         if res.rejected:
             self.rejected += 1
             why = f" ({res.error})" if res.error else ""
@@ -120,6 +140,16 @@ class _VerifyPrinter:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from provisioning.keys import KeyFileError  # noqa: PLC0415
+
+    try:
+        return _verify(args)
+    except (OSError, KeyFileError, ValueError, KeyError) as exc:
+        print(f"streetgate verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args: argparse.Namespace) -> int:
     from gateway.verify import Verifier  # noqa: PLC0415
 
     keys, gateways = _load_keys(args)
@@ -136,7 +166,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for path in _message_files(args.files):
             handle(str(path), path.read_bytes())
     if args.state:
-        args.state.write_text(json.dumps(verifier.state()))
+        tmp = args.state.with_name(args.state.name + ".tmp")
+        tmp.write_text(json.dumps(verifier.state()))
+        tmp.replace(args.state)
     print(json.dumps({"verify": verifier.stats}), file=sys.stderr)
     return 1 if handle.rejected else 0
 

@@ -163,18 +163,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gateway.daemon import AlreadyRunningError  # noqa: PLC0415
         from provisioning.keys import KeyFileError  # noqa: PLC0415
 
-        if isinstance(exc, KeyFileError | AlreadyRunningError | PermissionError |
-                      FileNotFoundError):
+        if isinstance(exc, KeyFileError | AlreadyRunningError | OSError | ValueError):
             print(f"streetgate: cannot start: {exc}", file=sys.stderr)
             return 1
         raise
 
 
 def _signing_key(args: argparse.Namespace) -> Any:
-    from provisioning.keys import load_or_create_signing_key  # noqa: PLC0415
+    from provisioning.keys import KeyFileError, load_or_create_signing_key  # noqa: PLC0415
 
     if args.key:
         path = Path(args.key)
+        if not path.is_file():  # an explicit path is never created: a typo must not mint a key
+            msg = f"no key at {path}"
+            raise KeyFileError(msg)
     else:
         from gateway.config import load_config  # noqa: PLC0415
 
@@ -208,10 +210,10 @@ def cmd_key_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
-    import dataclasses  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from buffer.store import Store  # noqa: PLC0415
+    from buffer.inspect import inspect_buffer  # noqa: PLC0415
+    from buffer.store import StoreError  # noqa: PLC0415
 
     if args.db:
         path = Path(args.db)
@@ -220,24 +222,20 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)
         path = cfg.gateway.path(cfg.buffer.path)
-    if not path.exists():
-        print(f"streetgate: no buffer at {path}", file=sys.stderr)
-        return 1
-    store = Store(path)
     try:
-        stats = dataclasses.asdict(store.stats())
-    finally:
-        store.close()
+        stats = inspect_buffer(path)
+    except StoreError as exc:
+        print(f"streetgate: {exc}", file=sys.stderr)
+        return 1
     oldest = stats.get("oldest_ts")
     stats["oldest_age_s"] = round(time.time() - oldest / 1000, 1) if oldest else None
     if args.json:
         print(json.dumps(stats))
         return 0
     print(f"buffer {path}")
-    for key in ("depth", "oldest_age_s", "file_bytes", "dropped", "gaps_pending", "delivered",
-                "appended", "epoch", "schema_version"):
-        if key in stats:
-            print(f"  {key:<15} {stats[key]}")
+    for key in ("depth", "oldest_age_s", "file_bytes", "dropped", "gaps_pending", "last_seq",
+                "epoch", "schema_version"):
+        print(f"  {key:<15} {stats[key]}")
     return 0
 
 

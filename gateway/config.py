@@ -57,7 +57,6 @@ class TlsConfig:
     ca_file: str = option("")
     cert_file: str = option("")
     key_file: str = option("", secret=False)
-    server_name: str = option("", doc="expected broker name when it differs from host")
 
     def validate(self) -> list[tuple[str, str]]:
         if self.enabled and not self.provisioned and not self.ca_file:

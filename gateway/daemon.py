@@ -85,6 +85,7 @@ class Gateway:
         self._uplink_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "rejected": 0}
+        self.commit_error: str | None = None
         self.notifier = Notifier()
         self.liveness = Liveness()
         self.clock = ClockTracker()  # replaced by one with saved state once the buffer is open
@@ -294,6 +295,14 @@ class Gateway:
             for message in boot.messages:
                 _log.warning("first boot: %s", message)
         problems = preflight(state)
+        tls = self.cfg.uplink.tls
+        if tls.enabled and not tls.provisioned and tls.key_file:
+            from provisioning.keys import check_key_file  # noqa: PLC0415
+
+            try:
+                check_key_file(g.path(tls.key_file))
+            except (KeyPermissionError, FileNotFoundError) as exc:
+                problems.append(str(exc).replace("signing key", "TLS key", 1))
         if problems:
             raise KeyPermissionError("\n".join(problems))
         with contextlib.suppress(ConfigError):
@@ -324,10 +333,9 @@ class Gateway:
             if paths is None:
                 _log.error("tls.provisioned is set but this gateway has no certificate yet")
                 return None
-            return TlsFiles(str(paths.ca_file), str(paths.cert_file), str(paths.key_file),
-                            t.server_name or None)
+            return TlsFiles(str(paths.ca_file), str(paths.cert_file), str(paths.key_file))
         return TlsFiles(str(g.path(t.ca_file)), str(g.path(t.cert_file)) if t.cert_file else None,
-                        str(g.path(t.key_file)) if t.key_file else None, t.server_name or None)
+                        str(g.path(t.key_file)) if t.key_file else None)
 
     async def _drain(self) -> None:
         """Final commit, then give in-flight batches a moment to be acknowledged."""
@@ -348,7 +356,10 @@ class Gateway:
                                                        self.cfg.gateway.id, "clean": True})
         if self.store is not None:
             store, self.store = self.store, None
-            await self._io_call(store.close)
+            try:
+                await self._io_call(store.close)
+            except StoreError as exc:
+                _log.error("closing the buffer failed: %s", exc)
         self._io.shutdown(wait=True)
         self.notifier.close()
         if self._lock is not None:
@@ -367,9 +378,9 @@ class Gateway:
                             state=_StoreState(self.store))
         backoff = Backoff(1.0, 60.0)
         while True:
-            driver = cls(config, ctx)
-            self.drivers[instance] = (driver, ctx.health)
             try:
+                driver = cls(config, ctx)
+                self.drivers[instance] = (driver, ctx.health)
                 await driver.run(_Sink(self))
             except Exception:  # task boundary: a broken driver must not stop the others
                 ctx.health.count("crashes")
@@ -395,12 +406,16 @@ class Gateway:
             except StoreError as exc:
                 if not failing:
                     _log.error("buffer commit failing, keeping readings in memory: %s", exc)
+                    self.reporter.changed()
                 failing = True
+                self.commit_error = str(exc)
                 await asyncio.sleep(1.0)
                 continue
             if failing:
                 _log.info("buffer commits work again")
                 failing = False
+                self.commit_error = None
+                self.reporter.changed()
             if n:
                 self._new_data.set()
 
@@ -489,7 +504,7 @@ class Gateway:
             drivers={inst: h.snapshot() for inst, (_, h) in self.drivers.items()},
             driver_kinds={inst: d.driver for inst, (_, d) in self._tasks.items()},
             clock=self.clock.snapshot(), counters=self.counters, kid=self._kid.hex(),
-            reloads=dict(self.reloads))
+            reloads=dict(self.reloads), buffer_error=self.commit_error)
 
 
 class AlreadyRunningError(RuntimeError):

@@ -86,6 +86,8 @@ def build_status(*, gateway_id: str, version: str, boot_id: str, started: float,
         problems.append("clock not synchronized")
     if buf.get("dropped"):
         problems.append(f"{buf['dropped']} readings dropped")
+    if extra.get("buffer_error"):
+        problems.append(f"buffer writes failing: {extra['buffer_error']}")
     doc: dict[str, Any] = {
         "state": "online", "gateway": gateway_id, "version": version, "boot_id": boot_id,
         "pid": os.getpid(), "generated_at": round(now, 3), "started": round(started, 3),

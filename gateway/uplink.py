@@ -39,7 +39,6 @@ class TlsFiles:
     ca_file: str
     cert_file: str | None
     key_file: str | None
-    server_name: str | None = None
 
 
 class Uplink:

@@ -145,7 +145,11 @@ def _number(item: Mapping[str, Any], key: str) -> float | None:
     value = item.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # a JSON integer too big for a float: not a radio figure
+        return None
+    if not finite:
         return None
     return value  # an integer (RSSI, 1 dB precision) stays an integer
 

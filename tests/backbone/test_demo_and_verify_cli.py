@@ -103,3 +103,29 @@ def test_verify_subscribes_to_a_broker(tmp_path: Path) -> None:
     assert len(packs) == 5
     assert all(pack[0]["bn"] == "cab-test/" for pack in packs)
     assert '"batches": 5' in err
+
+
+def test_a_key_bound_to_one_gateway_cannot_sign_for_another(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+    from gateway.batch import encode_batch  # noqa: PLC0415
+    from gateway.cose import kid_for, sign1  # noqa: PLC0415
+    from provisioning.keys import public_key_pem  # noqa: PLC0415
+
+    key_a, key_b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    for name, key in (("a", key_a), ("b", key_b)):
+        (tmp_path / f"{name}.pem").write_text(public_key_pem(key.public_key()))
+    rows = [(1, "m/x/energy", "Wh", 1_700_000_000_000, 5, 0)]
+    forged = sign1(encode_batch(gateway_id="cab-B", epoch=1, batch_seq=1, rows=rows),
+                   key_a, kid_for(key_a.public_key()))
+    msgs = tmp_path / "msgs"
+    msgs.mkdir()
+    (msgs / "1.cose").write_bytes(forged)
+    bound = _cli("verify", "--key", f"cab-A={tmp_path / 'a.pem'}",
+                 "--key", f"cab-B={tmp_path / 'b.pem'}", str(msgs))
+    assert bound.returncode == 1
+    assert "rejected: unknown-key" in bound.stderr
+    assert bound.stdout == ""
+    loose = _cli("verify", "--key", str(tmp_path / "a.pem"), "--key", str(tmp_path / "b.pem"),
+                 str(msgs))
+    assert "not bound to a gateway" in loose.stderr

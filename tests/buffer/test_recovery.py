@@ -238,3 +238,41 @@ def test_kill_9_loses_no_committed_reading(tmp_path: Path) -> None:
             assert store.next_batch_seq() > batch
     assert time.monotonic() - started < 15
     assert top > 0
+
+
+def test_disk_full_for_long_drops_oldest_queued_readings_as_a_gap(tmp_path: Path) -> None:
+    with Store(tmp_path / "b.db", max_pending=1000) as store:
+        store.append(readings(100))
+        store.commit()
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+        for i in range(5):
+            store.append(readings(1000, start=100 + 1000 * i))
+            with pytest.raises(StoreError):
+                store.commit()
+        assert store.pending() == 1000, "memory stays bounded while commits fail"
+        store._conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert store.commit() == 1000
+        leases = drain(store, 10_000)
+        rows = [r for lease in leases for r in lease.rows]
+        gaps = [g for lease in leases for g in lease.gaps]
+        assert len(gaps) == 1
+        (gap,) = gaps
+        assert gap.count == 4000
+        assert (gap.first_seq, gap.last_seq) == (101, 4100)
+        assert (gap.first_ts, gap.last_ts) == (readings(5100)[100].ts, readings(5100)[4099].ts)
+        assert seqs(rows) == list(range(1, 101)) + list(range(4101, 5101))
+        assert [r[3] for r in rows[100:]] == [r.ts for r in readings(5100)[4100:]]
+        assert store.stats().dropped == 4000
+
+
+def test_a_point_name_sqlite_cannot_store_is_dropped_not_fatal(tmp_path: Path) -> None:
+    from drivers.api import Reading  # noqa: PLC0415
+
+    with Store(tmp_path / "b.db") as store:
+        store.append([*readings(3), Reading("bad/x/\udcff", 1, 1), *readings(3, start=3)])
+        assert store.commit() == 6
+        assert store.rejected == 1
+        lease = store.lease(100)
+        assert lease is not None
+        assert len(lease.rows) == 6

@@ -153,3 +153,10 @@ def test_random_rxpk_and_stat_never_crash(item: object) -> None:
     for parse in (gwmp.parse_rxpk, gwmp.parse_stat):
         with contextlib.suppress(GwmpError):
             parse(item)
+
+
+def test_a_number_too_big_for_a_float_is_not_a_radio_figure() -> None:
+    """One PUSH_DATA with a 400-digit RSSI must not take the driver down."""
+    item = {"data": "QNobASaAAQABt+VRoT4=", "freq": 868.1, "rssi": int("9" * 400)}
+    pkt = gwmp.parse_rxpk(item)
+    assert pkt.rssi is None

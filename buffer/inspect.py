@@ -1,0 +1,40 @@
+"""Read-only look at a buffer file, for ``streetgate buffer stats`` while a daemon runs.
+
+Unlike :class:`buffer.store.Store` it never moves a file aside, migrates or writes: pointed at
+the wrong file it says so and changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from buffer._db import StoreError, file_bytes
+
+__all__ = ["inspect_buffer"]
+
+
+def inspect_buffer(path: Path) -> dict[str, Any]:
+    """Depth, oldest reading, size, gaps waiting to go upstream; raises StoreError."""
+    if not path.is_file():
+        raise StoreError(f"no buffer file at {path}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        depth, oldest = conn.execute("SELECT count(*), min(ts) FROM readings").fetchone()
+        gaps, dropped = conn.execute(
+            "SELECT count(*), coalesce(sum(count), 0) FROM gaps").fetchone()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a streetgate buffer: {exc}") from exc
+    finally:
+        conn.close()
+    return {
+        "depth": depth, "oldest_ts": oldest, "file_bytes": file_bytes(path),
+        "gaps_pending": gaps, "dropped": dropped, "epoch": meta.get("epoch"),
+        "last_seq": meta.get("seq_hwm"), "schema_version": version,
+    }
