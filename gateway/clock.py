@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -60,10 +61,16 @@ class _Timex(ctypes.Structure):
     )
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # find_library runs `ldconfig -p` in a subprocess: once per process, not once a second.
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def kernel_synchronized() -> bool | None:
     """The kernel's NTP state by a read-only adjtimex(2) (modes = 0); None if unavailable."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         tx = _Timex()
         rc = int(libc.adjtimex(ctypes.byref(tx)))
     except (OSError, AttributeError):

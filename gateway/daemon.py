@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import math
 import os
 import time
 import uuid
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from buffer.store import Lease, Store, StoreError
-from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Reading
+from buffer.types import Row
+from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Quality, Reading
 from drivers.registry import Registry, load_registry
 from gateway import __version__
 from gateway.batch import encode_batch
@@ -86,6 +88,7 @@ class Gateway:
         self._forward_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "rejected": 0}
         self.commit_error: str | None = None
+        self._reload_lock = asyncio.Lock()
         self.notifier = Notifier()
         self.liveness = Liveness()
         self.clock = ClockTracker()  # replaced by one with saved state once the buffer is open
@@ -190,7 +193,9 @@ class Gateway:
 
     def _next_seq(self) -> int:
         # Seqs are assigned in append order, so the next one follows from the append count.
-        return self._seq_base + (self.store.appended if self.store else 0)
+        # Readings the store refused (malformed) take no seq.
+        st = self.store
+        return self._seq_base + (st.appended - st.rejected if st else 0)
 
     def _start_service_tasks(self, tg: asyncio.TaskGroup) -> None:
         tg.create_task(self.reporter.run(), name="streetgate.status")
@@ -224,6 +229,10 @@ class Gateway:
     async def reload(self, path: str | Path) -> bool:
         """Re-read the config: drivers added, removed or changed; uplink reconnected if its
         settings changed. An invalid file is rejected and the running config kept."""
+        async with self._reload_lock:  # a second SIGHUP waits for the first to finish
+            return await self._reload(path)
+
+    async def _reload(self, path: str | Path) -> bool:
         self.notifier.reloading()
         try:
             new = await asyncio.get_running_loop().run_in_executor(
@@ -425,7 +434,7 @@ class Gateway:
         last = time.monotonic()
         while True:
             await self.uplink.wait_ready()
-            item = await self._io_call(self._next_message, self._batch_limit)
+            item = await self._lease_message()
             if item is None:
                 self._new_data.clear()
                 with contextlib.suppress(TimeoutError):
@@ -443,6 +452,8 @@ class Gateway:
                 await asyncio.sleep(0.05)
                 continue
             self.counters["batches"] += 1
+            # A split is for the batch that needed it: grow back towards the configured size.
+            self._batch_limit = min(self.cfg.uplink.batch_max_readings, self._batch_limit * 2)
             if lease.count < self._batch_limit and linger > 0:
                 # A small batch: let more readings gather before the next one.
                 wait = linger - (time.monotonic() - last)
@@ -455,20 +466,65 @@ class Gateway:
             else:
                 last = time.monotonic()
 
-    def _next_message(self, limit: int) -> tuple[_InFlight, bytes] | None:
+    async def _lease_message(self) -> tuple[_InFlight, bytes] | None:
+        """The next signed batch, or None when there is nothing (or the store is failing)."""
+        assert self.uplink is not None  # noqa: S101
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._io, self._next_message, self._batch_limit,
+                                   self.uplink.max_payload())
+        try:
+            item = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # Cancelled (uplink restart on reload) while the store thread leased: hand the
+            # lease back once it exists, or its rows would stay in flight until a restart.
+            fut.add_done_callback(self._release_orphan)
+            raise
+        except StoreError as exc:
+            if self.commit_error is None:
+                _log.error("cannot lease from the buffer, retrying: %s", exc)
+            await asyncio.sleep(1.0)
+            return None
+        return item
+
+    def _release_orphan(self, fut: asyncio.Future[tuple[_InFlight, bytes] | None]) -> None:
+        if not fut.cancelled() and fut.exception() is None and (item := fut.result()):
+            self._io.submit(self._release, item[0])
+
+    def _next_message(self, limit: int, max_payload: int) -> tuple[_InFlight, bytes] | None:
         assert self.store is not None  # noqa: S101
         lease = self.store.lease(limit)
         if lease is None:
             return None
-        spans = self.clock.extension(lease.first_seq, lease.last_seq)
-        payload = encode_batch(
-            gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
-            batch_seq=self.store.next_batch_seq(), rows=lease.rows, gaps=lease.gaps,
-            extra={K_CLOCK: spans} if spans else None)
+        rows = lease.rows
+        payload = self._encode(lease, rows)
+        if payload is None:
+            # Something in these rows cannot be encoded (a float timestamp, an unknown
+            # quality, text that is not UTF-8): send what can be, the rest as MALFORMED.
+            rows = [_sanitized(r) if self._encode(lease, [r]) is None else r for r in rows]
+            self.counters["malformed"] = self.counters.get("malformed", 0) + sum(
+                1 for r, o in zip(rows, lease.rows, strict=True) if r is not o)
+            payload = self._encode(lease, rows) or b""
+        if len(payload) > max_payload and len(rows) == 1:
+            # One reading larger than the broker takes: its value cannot travel, its
+            # existence can (otherwise it would block everything behind it).
+            rows = [_sanitized(rows[0])]
+            self.counters["oversized"] = self.counters.get("oversized", 0) + 1
+            payload = self._encode(lease, rows) or b""
         # Once encoded, the rows themselves are not needed: ack and release work on the
         # lease's seq span, and a full in-flight window of rows would cost megabytes.
         slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows))
         return slim, sign1(payload, self._key, self._kid)
+
+    def _encode(self, lease: Lease, rows: list[Row]) -> bytes | None:
+        assert self.store is not None  # noqa: S101
+        spans = self.clock.extension(lease.first_seq, lease.last_seq)
+        try:
+            return encode_batch(
+                gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
+                batch_seq=self.store.next_batch_seq(), rows=rows, gaps=lease.gaps,
+                extra={K_CLOCK: spans} if spans else None)
+        except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError is a ValueError
+            return None
 
     def _release(self, item: _InFlight) -> None:
         if self.store is not None:
@@ -478,7 +534,17 @@ class Gateway:
         self.clock.delivered(item.lease.first_seq, item.lease.last_seq)
         self.counters["delivered"] += item.count
         if self.store is not None:
-            self._io.submit(self.store.ack, item.lease)
+            done = self._io.submit(self.store.ack, item.lease)
+            done.add_done_callback(lambda f: self._ack_failed(f, item))
+
+    def _ack_failed(self, fut: Any, item: _InFlight) -> None:
+        """The broker has the batch but the buffer could not delete it (disk trouble): make
+        the rows leasable again; the verifier drops the resend as a duplicate."""
+        if fut.cancelled() or fut.exception() is None or self.store is None:
+            return
+        _log.error("buffer ack failed, the batch will be sent again: %s", fut.exception())
+        with contextlib.suppress(RuntimeError):  # executor already shut down at exit
+            self._io.submit(self.store.release, item.lease)
 
     def _on_lost(self, item: _InFlight) -> None:
         if self.store is not None:
@@ -505,6 +571,19 @@ class Gateway:
             driver_kinds={inst: d.driver for inst, (_, d) in self._tasks.items()},
             clock=self.clock.snapshot(), counters=self.counters, kid=self._kid.hex(),
             reloads=dict(self.reloads), buffer_error=self.commit_error)
+
+
+def _sanitized(row: Row) -> Row:
+    """The row as a MALFORMED reading without a value, its name and time made encodable."""
+    seq, point, unit, ts, _value, _quality = row
+
+    def text(v: str) -> str:
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    stamp = int(ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else 0
+    stamp = max(-(1 << 63), min(stamp, (1 << 63) - 1))
+    return (seq, text(str(point)), text(unit) if isinstance(unit, str) else None, stamp, None,
+            int(Quality.MALFORMED))
 
 
 class AlreadyRunningError(RuntimeError):

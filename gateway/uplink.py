@@ -155,7 +155,11 @@ class Uplink:
     # -- connection ------------------------------------------------------------------------
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
-        client = self._make_client(loop)
+        try:
+            client = self._make_client(loop)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # e.g. the CA or key file is being replaced right now: retried, not fatal
+            raise UplinkError(f"TLS setup: {self._explain(exc)}") from exc
         self._client = client
         self._lost.clear()
         self.state = "connecting"
