@@ -237,6 +237,10 @@ class _Walker:
             return None
         if tp is float:
             value = float(value)
+        if tp is str and "\x00" in value:
+            # No path, host, topic or name may hold NUL (MQTT 5 §1.5.4; paths end at NUL).
+            self.fail(path, "expected a string without NUL characters; got one with \\x00")
+            return value
         if tp is str and meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
             shown = "a string (secret, not shown)" if meta.get("secret") else _found(value)
             self.fail(path, f"expected a string matching {meta['pattern']}; got {shown}")

@@ -359,5 +359,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as exc:
         sys.stderr.write(f"streetgate: cannot read {path}: {exc}\n")
         return 1
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else render(doc))
+    try:
+        text = json.dumps(doc, indent=2) + "\n" if args.json else render(doc)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        sys.stderr.write(f"streetgate: {path} is not a streetgate status document "
+                         f"({type(exc).__name__}: {exc})\n")
+        return 1
+    sys.stdout.write(text)
     return 0
