@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from gateway.config import UplinkConfig
 __all__ = ["TlsFiles", "Uplink", "UplinkError"]
 
 _log = logging.getLogger("streetgate.uplink")
+#: A connection up this long counts as recovered: its next failure warns again.
+_STABLE_S = 30.0
 #: Bytes of a PUBLISH besides the payload: fixed header, topic, packet id, properties.
 _PUBLISH_OVERHEAD = 128
 
@@ -74,6 +77,9 @@ class Uplink:
         self.broker_max_packet: int | None = None
         self.state = "disconnected"
         self.last_error: str | None = None
+        self._warned: str | None = None
+        self._announced = False
+        self._connected_at: float | None = None
         self.counters = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0,
                          "rejected": 0, "bytes": 0}
 
@@ -279,12 +285,20 @@ class Uplink:
         self._window.set()
 
     def _note_failure(self, message: str) -> None:
-        if self.last_error != message:
+        # Warn once per kind of failure; a link that flaps (connects, then drops at once)
+        # does not warn again until it has stayed up for a while (STYLE §8).
+        stable = (self._connected_at is not None
+                  and time.monotonic() - self._connected_at > _STABLE_S)
+        if message != self._warned or stable:
             _log.warning("uplink to %s:%d failing: %s", self.cfg.host, self.cfg.port, message)
+            self._warned = message
+            self._announced = False
         else:
             _log.debug("uplink still failing: %s", message)
+        self.counters["failures"] = self.counters.get("failures", 0) + 1
         self.last_error = message
         self.state = "disconnected"
+        self._connected_at = None
 
     # -- paho callbacks (all on the loop thread) ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, props: Any) -> None:
@@ -297,11 +311,15 @@ class Uplink:
         self.broker_max_packet = getattr(props, "MaximumPacketSize", None) if props else None
         self.counters["connects"] += 1
         self.state = "connected"
-        if self.last_error:
-            _log.info("uplink connected to %s:%d after: %s", self.cfg.host, self.cfg.port,
-                      self.last_error)
-        else:
+        if self._warned is None:
             _log.info("uplink connected to %s:%d", self.cfg.host, self.cfg.port)
+        elif not self._announced:
+            _log.info("uplink connected to %s:%d after: %s", self.cfg.host, self.cfg.port,
+                      self._warned)
+            self._announced = True
+        else:
+            _log.debug("uplink connected again to %s:%d", self.cfg.host, self.cfg.port)
+        self._connected_at = time.monotonic()
         self.last_error = None
         self._connected.set()
         self.publish_status()
