@@ -253,19 +253,28 @@ class ForwarderSimulator:
                 "dwnb": 0, "txnb": 0, "temp": 31.5}
 
 
-class ForwarderSetup:
-    """The contract suite's handle on a running forwarder simulator."""
+class SimSetup:
+    """The contract suite's handle on a LoRa simulator: garbage on demand, off and on again.
 
-    def __init__(self, sim: ForwarderSimulator, config: Mapping[str, Any]) -> None:
+    Subclasses say what "off" and "on" mean (a silent forwarder, an unplugged module).
+    """
+
+    def __init__(self, sim: Any, config: Mapping[str, Any]) -> None:
         self.sim = sim
         self.config: Mapping[str, Any] = config
 
+    async def _off(self) -> None:
+        raise NotImplementedError
+
+    def _on(self) -> None:
+        raise NotImplementedError
+
     async def stop(self) -> None:
-        await self.sim.pause()
+        await self._off()
 
     async def start(self) -> None:
         self.sim.garbage = False
-        self.sim.resume()
+        self._on()
 
     async def inject_malformed(self) -> None:
         self.sim.garbage = True
@@ -275,6 +284,18 @@ class ForwarderSetup:
 
     async def close(self) -> None:
         await self.sim.close()
+
+
+class ForwarderSetup(SimSetup):
+    """Stop pauses the forwarder's datagrams; start resumes them."""
+
+    sim: ForwarderSimulator
+
+    async def _off(self) -> None:
+        await self.sim.pause()
+
+    def _on(self) -> None:
+        self.sim.resume()
 
 
 @contextlib.asynccontextmanager

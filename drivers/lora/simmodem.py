@@ -15,12 +15,11 @@ import collections
 import contextlib
 import os
 import tty
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from drivers.lora.config import DeviceConfig
-from drivers.lora.sim import demo_devices, parse_devices, sample_payload, uplink_for
+from drivers.lora.sim import SimSetup, demo_devices, parse_devices, sample_payload, uplink_for
 
 __all__ = ["BANNER", "ModemSimulator", "modem_setup"]
 
@@ -181,28 +180,16 @@ class ModemSimulator:
         self.unplug()
 
 
-class ModemSetup:
+class ModemSetup(SimSetup):
     """The contract suite's handle: stop() unplugs the module, start() plugs it back."""
 
-    def __init__(self, sim: ModemSimulator, config: Mapping[str, Any]) -> None:
-        self.sim = sim
-        self.config: Mapping[str, Any] = config
+    sim: ModemSimulator
 
-    async def stop(self) -> None:
+    async def _off(self) -> None:
         self.sim.unplug()
 
-    async def start(self) -> None:
-        self.sim.garbage = False
+    def _on(self) -> None:
         self.sim.plug()
-
-    async def inject_malformed(self) -> None:
-        self.sim.garbage = True
-
-    async def heal(self) -> None:
-        self.sim.garbage = False
-
-    async def close(self) -> None:
-        await self.sim.close()
 
 
 @contextlib.asynccontextmanager
