@@ -11,6 +11,7 @@ from typing import Any
 from drivers.api import DriverContext, Reading
 from drivers.modbus import ModbusDriver
 from drivers.modbus.sim import ModbusSimulator, SimUnit
+from drivers.modbus.sim import running as sim_running
 
 #: Device settings that keep tests fast.
 FAST: dict[str, Any] = {"interval": "50ms", "timeout": "150ms", "retries": 0}
@@ -57,18 +58,9 @@ def bus_table(sim: ModbusSimulator, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-@contextlib.asynccontextmanager
-async def simulated(units: Iterable[SimUnit], transport: str,
-                    seed: int | None = 1) -> AsyncIterator[ModbusSimulator]:
-    sim = ModbusSimulator(units, seed=seed)
-    if transport == "tcp":
-        await sim.serve_tcp()
-    else:
-        await sim.serve_rtu()
-    try:
-        yield sim
-    finally:
-        await sim.close()
+def simulated(units: Iterable[SimUnit], transport: str,
+              seed: int | None = 1) -> contextlib.AbstractAsyncContextManager[ModbusSimulator]:
+    return sim_running(units, tcp=transport == "tcp", seed=seed)
 
 
 @contextlib.asynccontextmanager
