@@ -459,3 +459,19 @@ class _Overflow:
     def gap(self, first_seq: int) -> Gap:
         return Gap(first_seq, first_seq + self.count - 1, self.count, self.first_ts or 0,
                    self.last_ts or 0, tuple(sorted(self.points)[:POINTS_CAP]), self.truncated)
+
+
+class DriverState:
+    """A driver's durable key/value state (``drivers.api.StateStore``) in the buffer's database.
+
+    Thread-safe like the store; ``set`` fsyncs before it returns.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, key: str) -> bytes | None:
+        return self._store.kv_get(key)
+
+    def set(self, key: str, value: bytes) -> None:
+        self._store.kv_set(key, value)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from buffer.store import Lease, Store, StoreError
+from buffer.store import DriverState, Lease, Store, StoreError
 from buffer.types import Row
 from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Quality, Reading
 from drivers.registry import Registry, load_registry
@@ -384,7 +384,7 @@ class Gateway:
         logger = logging.getLogger(f"streetgate.driver.{name}.{instance}")
         assert self.store is not None  # noqa: S101
         ctx = DriverContext(instance=instance, logger=logger, health=HealthBoard(logger),
-                            state=_StoreState(self.store))
+                            state=DriverState(self.store))
         backoff = Backoff(1.0, 60.0)
         while True:
             try:
@@ -624,16 +624,3 @@ def _noop() -> None:
 async def _leave() -> None:
     """Raising inside the TaskGroup cancels every other task: the way out on stop."""
     raise _Stopped
-
-
-class _StoreState:
-    """Driver key/value state kept in the buffer database."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def get(self, key: str) -> bytes | None:
-        return self._store.kv_get(key)
-
-    def set(self, key: str, value: bytes) -> None:
-        self._store.kv_set(key, value)

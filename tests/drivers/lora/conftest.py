@@ -11,37 +11,16 @@ from typing import Any
 
 import pytest
 
-from buffer.store import Store
-from drivers.api import Driver, DriverContext, HealthBoard, Reading
+from buffer.store import DriverState, Store
+from drivers.api import Driver, DriverContext, HealthBoard
+from drivers.testing import RecordingSink as ContractSink
+
+#: The daemon's view of driver state: the buffer database's durable kv table.
+StoreState = DriverState
 
 
-class StoreState:
-    """The daemon's view of driver state: the buffer database's durable kv table."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def get(self, key: str) -> bytes | None:
-        return self.store.kv_get(key)
-
-    def set(self, key: str, value: bytes) -> None:
-        self.store.kv_set(key, value)
-
-
-class RecordingSink:
+class RecordingSink(ContractSink):
     """Keeps what a driver emits; emit never blocks."""
-
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def emit(self, readings: Any) -> None:
-        self.readings.extend(readings)
-
-    def now_ms(self) -> int:
-        return int(time.time() * 1000)
-
-    def backlog(self) -> int:
-        return 0
 
     def points(self) -> set[str]:
         return {r.point for r in self.readings}
