@@ -1,4 +1,4 @@
-"""Readings to table rows and back, keeping every value's native Python type.
+"""Checks and coercions for readings, and the version-1 row format (read by the migration).
 
 A row is ``(seq, point_id, ts, value, q)`` with ``q = quality << 3 | kind``. SQLite keeps
 integers, floats, text, blobs and NULL as they are in a column without affinity
@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING
 
 from drivers.api import Quality, Reading, Value
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
-__all__ = ["KIND_BITS", "DbRow", "DbValue", "decode", "encode", "valid"]
+__all__ = ["KIND_BITS", "DbValue", "coerce", "decode", "valid"]
 
 log = logging.getLogger("streetgate.buffer")
 
@@ -35,53 +31,12 @@ _I64_MAX = 2**63 - 1
 _DOUBLE = struct.Struct("<d")
 
 DbValue = int | float | str | bytes | None
-DbRow = tuple[int, int, int, DbValue, int]
-
-
-def encode(  # noqa: C901 - the hot loop stays flat: a call per reading costs more
-    readings: Iterable[Reading], first_seq: int, point_id: Callable[[str, str | None], int],
-    cache: dict[tuple[str, str | None], int],
-) -> list[DbRow]:
-    """Rows for ``readings`` numbered from ``first_seq``; ``point_id`` interns cache misses."""
-    out: list[DbRow] = []
-    add = out.append
-    seq = first_seq
-    get = cache.get
-    for r in readings:
-        pid = get((r.point, r.unit))
-        if pid is None:
-            pid = point_id(r.point, r.unit)
-        v = r.value
-        t = type(v)
-        if t is float:
-            kind = _PLAIN if v == v else _FLOAT_BITS  # noqa: PLR0124 - NaN test
-            if kind:
-                v = _DOUBLE.pack(v)
-        elif t is int:
-            kind = _PLAIN if _I64_MIN <= v <= _I64_MAX else _BIG_INT  # type: ignore[operator]
-            if kind:
-                v = str(v)
-        elif t is str:
-            kind = _PLAIN if v.isascii() else _str_kind(v)  # type: ignore[union-attr,arg-type]
-            if kind:
-                v = v.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
-        elif t is bool:
-            kind = _BOOL
-        elif t is bytes or v is None:
-            kind = _PLAIN
-        else:
-            add(_coerced(seq, pid, r))
-            seq += 1
-            continue
-        add((seq, pid, r.ts, v, r.quality << KIND_BITS | kind))
-        seq += 1
-    return out
 
 
 def valid(r: Reading) -> bool:
     """Whether a reading's point, unit, ts and quality can be stored (values always can)."""
     return (type(r.point) is str and (r.unit is None or type(r.unit) is str)
-            and type(r.ts) is int and _I64_MIN <= r.ts <= _I64_MAX
+            and type(r.ts) in (int, float) and _I64_MIN <= r.ts <= _I64_MAX
             and isinstance(r.quality, int) and 0 <= r.quality < 1 << 32
             and _str_kind(r.point) == _PLAIN and (r.unit is None or _str_kind(r.unit) == _PLAIN))
 
@@ -94,11 +49,16 @@ def _str_kind(v: str) -> int:
     return _PLAIN
 
 
-def _coerced(seq: int, pid: int, r: Reading) -> DbRow:
-    """A subclass value (IntEnum, bytearray, ...) as its base type; anything else is MALFORMED."""
+def coerce(r: Reading) -> Reading:
+    """``r`` with a subclass value (IntEnum, bytearray, ...) as its base type; anything else
+    that is not a buffer value becomes a MALFORMED reading with no value."""
     v: object = r.value
+    if v is None or type(v) in _EXACT:
+        return r
     base: Value
-    if isinstance(v, int):
+    if isinstance(v, bool):
+        base = bool(v)
+    elif isinstance(v, int):
         base = int(v)
     elif isinstance(v, float):
         base = float(v)
@@ -109,10 +69,11 @@ def _coerced(seq: int, pid: int, r: Reading) -> DbRow:
     else:
         log.warning("point %r: value of type %s cannot be buffered; stored as MALFORMED",
                     r.point, type(v).__name__)
-        return (seq, pid, r.ts, None, Quality.MALFORMED << KIND_BITS)
-    fixed = Reading(r.point, r.ts, base, r.quality, r.unit)
-    rows = encode((fixed,), seq, lambda _p, _u: pid, {})
-    return rows[0]
+        return Reading(r.point, r.ts, None, Quality.MALFORMED, r.unit)
+    return Reading(r.point, r.ts, base, r.quality, r.unit)
+
+
+_EXACT = frozenset({bool, int, float, str, bytes})
 
 
 def decode(kind: int, v: DbValue) -> Value:

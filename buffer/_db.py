@@ -15,9 +15,14 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+from buffer._chunks import CHUNK_MAX, pack_columns
+from buffer._codec import KIND_BITS, decode
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from buffer._codec import DbValue
 
 __all__ = [
     "MIGRATIONS", "StoreError", "durable", "file_bytes", "open_db", "rollback", "schema_version",
@@ -57,8 +62,46 @@ def _v1(conn: sqlite3.Connection) -> None:
     ])
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Readings packed per group commit (buffer/_chunks.py); version-1 rows move over as is.
+
+    ``base`` is the seq of the blob's first reading; ``lo..hi`` the seqs still stored (acks and
+    drops trim it without rewriting the blob); ``id`` is ``lo`` when the row was written.
+    """
+    conn.execute("CREATE TABLE chunks (id INTEGER PRIMARY KEY, base INTEGER NOT NULL,"
+                 " lo INTEGER NOT NULL,"
+                 " hi INTEGER NOT NULL, ts_min INTEGER NOT NULL, ts_max INTEGER NOT NULL,"
+                 " data BLOB NOT NULL)")
+    cur = conn.execute("SELECT seq, point, ts, value, q FROM readings ORDER BY seq")
+    run: list[tuple[int, int, int, DbValue, int]] = []
+    moved = 0
+    while rows := cur.fetchmany(CHUNK_MAX):
+        for row in rows:
+            if run and (row[0] != run[-1][0] + 1 or len(run) >= CHUNK_MAX):
+                _v1_chunk(conn, run)
+                moved += len(run)
+                run = []
+            run.append(row)
+    if run:
+        _v1_chunk(conn, run)
+        moved += len(run)
+    conn.execute("DROP TABLE readings")
+    if moved:
+        log.info("buffer: %d readings moved to the packed format", moved)
+
+
+def _v1_chunk(conn: sqlite3.Connection, run: list[tuple[int, int, int, DbValue, int]]) -> None:
+    mask = (1 << KIND_BITS) - 1
+    values = [v if not q & mask else decode(q & mask, v) for _s, _p, _t, v, q in run]
+    qs = [q >> KIND_BITS for *_, q in run]
+    ts = [r[2] for r in run]
+    blob = pack_columns(([r[1] for r in run], ts, values, qs if any(qs) else None))
+    conn.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (run[0][0], run[0][0], run[0][0], run[-1][0], min(ts), max(ts), blob))
+
+
 #: ``MIGRATIONS[n]`` takes a database from ``user_version`` n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 
 
 def schema_version() -> int:

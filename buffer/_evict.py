@@ -1,4 +1,4 @@
-"""Dropping rows when the size cap is reached, and recording each drop as a gap.
+"""Dropping chunks when the size cap is reached, and recording each drop as a gap.
 
 A gap's range is exact: every seq in ``[first_seq, last_seq]`` was dropped, so ``count`` is
 always ``last_seq - first_seq + 1`` and a receiver never has to guess which seqs are missing.
@@ -11,13 +11,15 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from buffer._chunks import CHUNK_MAX, unpack
 from buffer.types import Gap
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
 
+    from buffer._chunks import Columns
     from buffer._inflight import Inflight
 
 __all__ = ["POINTS_CAP", "Cap", "drop", "gap_from_db", "gaps_for_db", "record"]
@@ -29,8 +31,9 @@ POINTS_CAP = 32
 
 _MAX_SEQ = 2**63 - 1
 _ROUNDS = 16
-_OLDEST = "SELECT seq, ts, point FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?"
-_NEWEST = "SELECT seq, ts, point FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq DESC LIMIT ?"
+# Chunks wholly inside [a, b]; id <= lo < id + CHUNK_MAX keeps this on the primary key.
+_WHOLE = ("SELECT id, base, lo, hi, data FROM chunks WHERE id BETWEEN ? AND ? AND lo >= ?"
+          " AND hi <= ? ORDER BY id {} LIMIT ?")
 
 
 class Cap:
@@ -93,41 +96,35 @@ def drop(
     conn: sqlite3.Connection, ranges: Iterable[tuple[int, int]], limit: int, *, newest: bool,
     names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap], busy: set[int],
 ) -> int:
-    """Delete up to ``limit`` rows from ``ranges`` (oldest or newest first) and record gaps.
+    """Delete whole chunks inside ``ranges`` (oldest or newest first) until ``limit`` readings
+    are gone, and record each as a gap.
 
     ``gaps`` (keyed by first_seq) is updated in place; gaps in ``busy`` ride with a lease in
-    flight and are never extended. Returns the number of rows deleted.
+    flight and are never extended. Returns the number of readings deleted.
     """
     done = 0
-    for lo, hi in ranges:
+    ranges = list(ranges)
+    for lo, hi in reversed(ranges) if newest else ranges:
         if done >= limit:
             break
-        rows = conn.execute(_NEWEST if newest else _OLDEST, (lo, hi, limit - done)).fetchall()
-        if newest:
-            rows.reverse()
-        for run in _runs(rows):
-            conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (run[0][0], run[-1][0]))
-            record(conn, _gap(run, names), gaps, busy)
-            done += len(run)
+        sql = _WHOLE.format("DESC" if newest else "ASC")
+        found = conn.execute(sql, (max(0, lo - CHUNK_MAX), hi, lo, hi, 64)).fetchall()
+        for cid, base, first, last, blob in found:
+            if done >= limit:
+                break
+            conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
+            record(conn, _gap(unpack(blob), base, first, last, names), gaps, busy)
+            done += last - first + 1
     return done
 
 
-def _runs(rows: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
-    """Split rows sorted by seq where a seq is missing."""
-    start = 0
-    for i in range(1, len(rows)):
-        if rows[i][0] != rows[i - 1][0] + 1:
-            yield rows[start:i]
-            start = i
-    if rows:
-        yield rows[start:]
-
-
-def _gap(run: list[tuple[int, int, int]], names: Mapping[int, tuple[str, str | None]]) -> Gap:
-    ts = [r[1] for r in run]
-    pids = dict.fromkeys(r[2] for r in run)
-    points = tuple(names[p][0] for p in list(pids)[:POINTS_CAP])
-    return Gap(run[0][0], run[-1][0], len(run), min(ts), max(ts), points, len(pids) > POINTS_CAP)
+def _gap(cols: Columns, base: int, lo: int, hi: int,
+         names: Mapping[int, tuple[str, str | None]]) -> Gap:
+    pids, ts, _values, _qs = cols
+    part = ts[lo - base:hi - base + 1]
+    seen = dict.fromkeys(pids[lo - base:hi - base + 1])
+    points = tuple(names[p][0] for p in list(seen)[:POINTS_CAP])
+    return Gap(lo, hi, hi - lo + 1, min(part), max(part), points, len(seen) > POINTS_CAP)
 
 
 def record(conn: sqlite3.Connection, gap: Gap, gaps: dict[int, Gap], busy: set[int]) -> None:

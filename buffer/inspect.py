@@ -10,9 +10,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from buffer._anchor import Anchor
 from buffer._db import StoreError, file_bytes
 
 __all__ = ["inspect_buffer"]
+
+_V1_DEPTH = "SELECT count(*), min(ts) FROM readings"  # a buffer not yet migrated
 
 
 def inspect_buffer(path: Path) -> dict[str, Any]:
@@ -25,15 +28,20 @@ def inspect_buffer(path: Path) -> dict[str, Any]:
         raise StoreError(f"cannot open {path}: {exc}") from exc
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        depth, oldest = conn.execute("SELECT count(*), min(ts) FROM readings").fetchone()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        query = (_V1_DEPTH if version == 1 else
+                 "SELECT ifnull(sum(hi - lo + 1), 0), min(ts_min) FROM chunks")
+        depth, oldest = conn.execute(query).fetchone()
         gaps, dropped = conn.execute(
             "SELECT count(*), coalesce(sum(count), 0) FROM gaps").fetchone()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise StoreError(f"{path} is not a streetgate buffer: {exc}") from exc
     finally:
         conn.close()
+    anchor, _ = Anchor(path.with_name(path.name + ".anchor")).read()
     return {
+        "losses_pending": len(anchor.losses) if anchor else None,
+        "clean_stop": anchor.clean if anchor else None,
         "depth": depth, "oldest_ts": oldest, "file_bytes": file_bytes(path),
         "gaps_pending": gaps, "dropped": dropped, "epoch": meta.get("epoch"),
         "last_seq": meta.get("seq_hwm"), "schema_version": version,

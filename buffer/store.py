@@ -1,24 +1,31 @@
 """The reading buffer: one SQLite file between the drivers and the uplink.
 
 Readings are queued in memory by :meth:`Store.append` and written by :meth:`Store.commit` in one
-transaction per group (group commit). The uplink takes the oldest rows with :meth:`Store.lease`
-and deletes them with :meth:`Store.ack` once the broker has them, or hands them back with
-:meth:`Store.release`. Leases live in memory: after a crash every un-acked row is leasable again.
+transaction per group (group commit), packed as chunks of consecutive seqs (buffer/_chunks.py).
+The uplink takes the oldest readings with :meth:`Store.lease` and deletes them with
+:meth:`Store.ack` once the broker has them, or hands them back with :meth:`Store.release`.
+Leases live in memory: after a crash every un-acked reading is leasable again.
 
 Durability. The file is in WAL mode with ``synchronous = NORMAL`` by default. In WAL mode a
 commit is then durable against a process crash (kill -9: the WAL is in the OS page cache) and
 the database cannot be corrupted by a power loss; only the last commits since the previous
 fsync may be rolled back (https://sqlite.org/pragma.html#pragma_synchronous,
 https://sqlite.org/wal.html). That costs one fsync per checkpoint instead of one per group
-commit, which matters on SD cards. Two rules close the remaining window:
+commit, which matters on SD cards. Three rules close the remaining window:
 
-* before a lease hands out a row or gap committed since the last fsync, the store fsyncs (one
-  small ``synchronous = FULL`` write), so whatever leaves the gateway survives a power loss and
-  its seq is never handed to another reading;
-* batch-seq reservations, kv writes and schema changes always fsync.
+* before a lease hands out a reading or gap committed since the last fsync, the store fsyncs
+  (one small ``synchronous = FULL`` write), so whatever leaves the gateway survives a power
+  loss;
+* before a lease hands out a seq above the highest one that left before, the anchor
+  (buffer/_anchor.py, a small file beside the database) records it, synced; batch-seq
+  reservations go there too. A database that later comes back without those seqs has lost
+  history, and the store starts a new epoch instead of handing them out again
+  (buffer/_guard.py);
+* whatever the store knows it lost (readings it could not write at exit, a crash, a damaged
+  database) becomes a :class:`~buffer.types.Loss` record that leases carry upstream.
 
 ``"full"`` fsyncs every group commit (nothing committed is lost on power loss); ``"off"`` never
-fsyncs (tests and RAM disks only: after a power loss seqs may repeat).
+fsyncs the database (tests and RAM disks only; the anchor still guards the seqs).
 """
 
 from __future__ import annotations
@@ -30,17 +37,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
-from buffer._codec import KIND_BITS, decode, encode, valid
+from buffer._anchor import Anchor, AnchorState, boot_id
+from buffer._chunks import CHUNK_MAX, ChunkError, clean, pack, rows, unpack
 from buffer._db import StoreError, durable, file_bytes, open_db, rollback
 from buffer._evict import POINTS_CAP, Cap, gap_from_db, record
+from buffer._guard import judge, renumber
 from buffer._inflight import Inflight, Span
-from buffer.types import Gap, Lease, StoreStats
+from buffer._reserve import Reserve, free_bytes
+from buffer.types import Gap, Lease, Loss, StoreStats
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
-    from buffer._codec import DbValue
+    from buffer._chunks import Columns
     from buffer.types import Row
     from drivers.api import Reading
 
@@ -52,14 +62,21 @@ Synchronous = Literal["off", "normal", "full"]
 DropPolicy = Literal["oldest", "newest"]
 
 _MAX_SEQ = 2**63 - 1
-_KIND_MASK = (1 << KIND_BITS) - 1
 _MIN_BYTES = 64 * 1024
-_BATCH_BLOCK = 1000  # batch seqs reserved per fsync
-_INSERT = "INSERT INTO readings VALUES (?, ?, ?, ?, ?)"
-_SELECT = ("SELECT seq, point, ts, value, q FROM readings"
-           " WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?")
-_OLDEST_TS = "SELECT ts FROM readings ORDER BY seq LIMIT 1"
+_BATCH_BLOCK = 1000  # batch seqs reserved per anchor write
+_SQLITE_FULL = 13
+_INSERT = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)"
+# Chunks that reach into [a, b]: id <= lo < id + CHUNK_MAX keeps this on the primary key.
+_OVERLAP = ("SELECT id, base, lo, hi, data FROM chunks WHERE id BETWEEN ? AND ? AND hi >= ?"
+            " ORDER BY id")
+_SPANS = ("SELECT id, lo, hi, base, ts_min, ts_max FROM chunks WHERE id BETWEEN ? AND ?"
+          " AND hi >= ? ORDER BY id")
 _SEQ_HWM = "UPDATE meta SET value = max(value, ?) WHERE key = 'seq_hwm'"
+
+
+def _full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_FULL
 
 
 class Store:
@@ -87,14 +104,27 @@ class Store:
         self._overflow: _Overflow | None = None
         self._inflight = Inflight()
         self._lease_ids = itertools.count(1)
+        #: Acked leases whose delete could not be written yet: never leased again.
+        self._unapplied: dict[int, Lease] = {}
+        self._loss_busy: set[int] = set()
+        self._ack_failing = False
+        self._cache: tuple[int, Columns] | None = None
         self._closed = False
+        self.disk_full = False
         self.appended = self.delivered = self.dropped = self.rejected = 0
+        self._anchor = Anchor(self.path.with_name(self.path.name + ".anchor"))
+        self._reserve = Reserve(self.path.with_name(self.path.name + ".reserve"),
+                                max(1 << 20, min(16 << 20, max_bytes // 64)))
+        existed = self.path.exists() and self.path.stat().st_size > 0
         self._conn, self.moved_aside = open_db(self.path, synchronous)
         try:
             self._load()
-        except (sqlite3.Error, KeyError) as exc:
+            self._guard(fresh=not existed or self.moved_aside is not None)
+        except (sqlite3.Error, KeyError, OSError, ChunkError) as exc:
             self._conn.close()
+            self._anchor.close()
             raise StoreError(f"cannot load buffer {self.path}: {exc!r}") from exc
+        self._reserve.ensure()
 
     def _load(self) -> None:
         conn = self._conn
@@ -105,20 +135,72 @@ class Store:
         conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages:d}")
         conn.execute(f"PRAGMA journal_size_limit = {2 * wal_pages * page:d}")
         self.schema_version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        self.epoch: int = meta["epoch"]
-        points = conn.execute("SELECT id, name, unit FROM points")
-        self._names: dict[int, tuple[str, str | None]] = {pid: (n, u) for pid, n, u in points}
-        self._ids = {key: pid for pid, key in self._names.items()}
+        self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.epoch: int = self._meta["epoch"]
+        self._names: dict[int, tuple[str, str | None]] = {}
+        self._pname: dict[int, str] = {}
+        self._punit: dict[int, str | None] = {}
+        self._ids: dict[tuple[str, str | None], int] = {}
+        for pid, name, unit in conn.execute("SELECT id, name, unit FROM points"):
+            self._add_point(pid, name, unit)
         self._gaps = {g.first_seq: g for g in map(gap_from_db, conn.execute("SELECT * FROM gaps"))}
-        top_row: int = conn.execute("SELECT ifnull(max(seq), 0) FROM readings").fetchone()[0]
+        top_row = conn.execute("SELECT hi FROM chunks ORDER BY id DESC LIMIT 1").fetchone()
         top_gap = max((g.last_seq for g in self._gaps.values()), default=0)
-        self._next_seq: int = max(meta["seq_hwm"], top_row, top_gap) + 1
-        self._depth: int = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        self._db_hwm: int = max(self._meta["seq_hwm"], top_row[0] if top_row else 0, top_gap)
+        self._depth: int = conn.execute(
+            "SELECT ifnull(sum(hi - lo + 1), 0) FROM chunks").fetchone()[0]
+        self._last_ts: int | None = conn.execute("SELECT max(ts_max) FROM chunks").fetchone()[0]
         self._scan_from = 1
-        self._batch_next = self._batch_reserved = int(meta["batch_seq_next"])
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fsyncs all that survived
+
+    def _add_point(self, pid: int, name: str, unit: str | None) -> None:
+        self._names[pid] = (name, unit)
+        self._pname[pid] = name
+        self._punit[pid] = unit
+        self._ids[name, unit] = pid
+
+    def _lowest(self) -> int:
+        """The lowest seq still stored (reading or gap), or the next seq when none is."""
+        row = self._conn.execute("SELECT lo FROM chunks ORDER BY id LIMIT 1").fetchone()
+        cands = [self._next_seq if hasattr(self, "_next_seq") else self._db_hwm + 1]
+        if row:
+            cands.append(row[0])
+        cands.extend(self._gaps)
+        return min(cands)
+
+    def _guard(self, *, fresh: bool) -> None:
+        """Check the database against the anchor; start a new epoch if it lost history."""
+        state, existed = self._anchor.read()
+        verdict = judge(state, existed, epoch=self.epoch, db_hwm=self._db_hwm,
+                        fresh=fresh and self._depth == 0 and not self._gaps,
+                        moved_aside=self.moved_aside is not None,
+                        batch_next=int(self._meta.get("batch_seq_next", 1)),
+                        lowest=self._lowest(), newest_ts=self._last_ts, boot=boot_id())
+        a = verdict.state
+        if verdict.new_epoch:
+            conn = self._conn
+            with durable(conn, self.synchronous):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    renumber(conn, a.epoch, state.acked if state and state.epoch == self.epoch
+                             else 0)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+            self._load()
+            verdict.next_seq = self._db_hwm + 1
+        elif a.epoch != self.epoch:  # a fresh database keeps the epoch it was created with
+            a.epoch = self.epoch
+        self.epoch = a.epoch
+        self._next_seq: int = verdict.next_seq
+        self._batch_next = self._batch_reserved = a.batch_reserved
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fsyncs all that survived
         self._synced_seq = self._next_seq - 1
+        a.clean = False
+        a.boot_id = boot_id()
+        a.seq_left = max(a.seq_left, 0)
+        self._a: AnchorState = a
+        self._anchor.write(a)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -144,7 +226,7 @@ class Store:
             return len(self._pending)
 
     def commit(self) -> int:
-        """Write everything queued in one transaction; returns the number of rows written.
+        """Write everything queued in one transaction; returns the number of readings written.
 
         Raises:
             StoreError: the write failed (disk full, read-only, I/O error); the readings stay
@@ -152,6 +234,7 @@ class Store:
         """
         with self._db_lock:
             self._check_open()
+            self._apply_unapplied()
             with self._queue_lock:
                 batch, self._pending = self._pending, []
             if not batch:
@@ -160,12 +243,15 @@ class Store:
             try:
                 written = self._write_valid(batch)
             except sqlite3.Error as exc:
+                if _full(exc):
+                    self._note_full()
                 raise StoreError(f"cannot commit {len(batch)} readings to {self.path}: {exc}; "
                                  "they stay queued") from exc
             finally:
                 if not written:
                     with self._queue_lock:
                         self._pending[:0] = batch
+            self._note_room()
             return written
 
     def _write_valid(self, batch: list[Reading]) -> int:
@@ -176,16 +262,32 @@ class Store:
         """
         try:
             return self._write(batch)
-        except (sqlite3.Error, OverflowError, TypeError, ValueError):
-            good = [r for r in batch if valid(r)]
-            if len(good) == len(batch):
-                raise
-        bad = next(r for r in batch if not valid(r))
-        log.error("dropped %d malformed readings (point, unit, ts or quality of the wrong type),"
-                  " e.g. %r", len(batch) - len(good), bad)
-        self.rejected += len(batch) - len(good)
+        except (OverflowError, TypeError, ValueError):
+            good, bad = clean(batch)
+        if bad:
+            example = next(r for r in batch if r not in good)
+            log.error("dropped %d malformed readings (point, unit, ts or quality of the wrong"
+                      " type), e.g. %r", bad, example)
+            self.rejected += bad
         batch[:] = good  # what stays queued if the retry fails too
         return self._write(good) if good else 0
+
+    def _intern(self, added: list[tuple[str, str | None]]) -> Callable[[str, str | None], int]:
+        conn = self._conn
+
+        def intern(name: str, unit: str | None) -> int:
+            if type(name) is not str or (unit is not None and type(unit) is not str):
+                raise TypeError("point and unit must be str")
+            name.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
+            if unit is not None:
+                unit.encode("utf-8")
+            cur = conn.execute("INSERT INTO points (name, unit) VALUES (?, ?)", (name, unit))
+            pid = int(cur.lastrowid or 0)
+            self._add_point(pid, name, unit)
+            added.append((name, unit))
+            return pid
+
+        return intern
 
     def _write(self, batch: list[Reading]) -> int:
         conn = self._conn
@@ -195,141 +297,286 @@ class Store:
         first = self._next_seq + lost  # the lost readings' seqs go to their gap
         added: list[tuple[str, str | None]] = []
         gaps = dict(self._gaps)
-
-        def intern(name: str, unit: str | None) -> int:
-            cur = conn.execute("INSERT INTO points (name, unit) VALUES (?, ?)", (name, unit))
-            pid = int(cur.lastrowid or 0)
-            self._ids[name, unit] = pid
-            self._names[pid] = (name, unit)
-            added.append((name, unit))
-            return pid
-
+        intern = self._intern(added)
+        last_ts = self._last_ts
         conn.execute("BEGIN IMMEDIATE")
         try:
             if overflow is not None:
                 record(conn, overflow.gap(self._next_seq), gaps, set())
-            rows = encode(batch, first, intern, self._ids)
-            conn.executemany(_INSERT, rows)
-            dropped = self._cap.enforce((first, first + len(rows) - 1), self._depth + len(rows),
+            seq = first
+            for i in range(0, len(batch), CHUNK_MAX):
+                part = batch[i:i + CHUNK_MAX]
+                blob, t0, t1 = pack(part, self._ids, intern)
+                conn.execute(_INSERT, (seq, seq, seq, seq + len(part) - 1, t0, t1, blob))
+                seq += len(part)
+                last_ts = t1 if last_ts is None else max(last_ts, t1)
+            dropped = self._cap.enforce((first, seq - 1), self._depth + len(batch),
                                         self._inflight, self._names, gaps)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
             for key in added:
-                del self._names[self._ids.pop(key)]
+                pid = self._ids.pop(key)
+                del self._names[pid], self._pname[pid], self._punit[pid]
             if overflow is not None:
                 with self._queue_lock:
                     overflow.merge(self._overflow)
                     self._overflow = overflow
             raise
-        self._next_seq = first + len(rows)
-        self._depth += len(rows) - dropped
+        self._next_seq = seq
+        self._last_ts = last_ts
+        self._depth += len(batch) - dropped
         self.dropped += dropped + lost
         self._gaps = gaps
         if self.synchronous == "full":
             self._synced_seq = self._next_seq - 1
-        return len(rows)
+        return len(batch)
 
     # -- reading -------------------------------------------------------------------------
 
     def lease(self, max_readings: int) -> Lease | None:
-        """The oldest committed rows not in flight (up to ``max_readings``) and all unsent gaps.
+        """The oldest committed readings not in flight (up to ``max_readings``), all unsent gaps
+        and loss records.
 
-        Returns None when there is nothing to send; a lease may carry gaps and no rows.
+        Returns None when there is nothing to send; a lease may carry records and no readings.
         """
         with self._db_lock:
             self._check_open()
             try:
+                self._apply_unapplied()
                 return self._lease(max_readings)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ChunkError) as exc:
                 raise StoreError(f"cannot lease from {self.path}: {exc}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot write the buffer anchor: {exc}") from exc
 
     def _lease(self, limit: int) -> Lease | None:
-        rows, lo, hi = self._scan(limit) if limit > 0 else ([], 1, 0)
+        got, lo, hi = self._scan(limit) if limit > 0 else ([], 1, 0)
         busy = self._inflight.gap_keys
         gaps = [g for key, g in sorted(self._gaps.items()) if key not in busy]
-        if not rows and not gaps:
+        losses = [x for x in self._a.losses if x.key not in self._loss_busy]
+        if not got and not gaps and not losses:
             return None
-        self._make_durable(max([hi] + [g.last_seq for g in gaps]))
-        first, last = (rows[0][0], rows[-1][0]) if rows else (None, None)
-        lease = Lease(next(self._lease_ids), rows, gaps, first, last)
-        self._inflight.add(lease.id, Span(lo, hi, len(rows), tuple(g.first_seq for g in gaps)))
-        if rows:
+        self._make_durable(max([hi if got else 0] + [g.last_seq for g in gaps]))
+        first, last = (got[0][0], got[-1][0]) if got else (None, None)
+        lease = Lease(next(self._lease_ids), got, gaps, first, last, losses)
+        self._inflight.add(lease.id, Span(lo, hi, len(got), tuple(g.first_seq for g in gaps)))
+        self._loss_busy.update(x.key for x in losses)
+        if got:
             self._scan_from = hi + 1
         return lease
 
     def _scan(self, limit: int) -> tuple[list[Row], int, int]:
-        """Oldest rows outside leases in flight, and the seq span they cover."""
+        """Oldest readings outside leases in flight, and the seq span they cover."""
         lo = self._scan_from
         while True:
             lo, nxt = self._inflight.window(lo)
             hi = _MAX_SEQ if nxt is None else nxt - 1
-            rows = self._rows(self._conn.execute(_SELECT, (lo, hi, limit)))
-            if rows:
+            out = self._read(lo, hi, limit)
+            if out:
                 # Up to the next span there is nothing else, so the span may reach it.
-                end = rows[-1][0] if nxt is None or len(rows) == limit else hi
-                return rows, lo, end
+                end = out[-1][0] if nxt is None or len(out) == limit else hi
+                return out, lo, end
             if nxt is None:
                 self._scan_from = lo  # below lo: all in flight or gone
                 return [], lo, lo - 1
             lo = nxt
 
-    def _rows(self, cur: Iterable[tuple[int, int, int, DbValue, int]]) -> list[Row]:
-        names = self._names
-        # q == 0 (good, plain value) is nearly every row: no decoding at all.
-        return [(s, *names[p], t, v, q) if not q else
-                (s, *names[p], t, decode(q & _KIND_MASK, v), q >> KIND_BITS)
-                for s, p, t, v, q in cur]
+    def _read(self, lo: int, hi: int, limit: int) -> list[Row]:
+        out: list[Row] = []
+        cur = self._conn.execute(_OVERLAP, (max(0, lo - CHUNK_MAX), hi, lo))
+        try:
+            for _id, base, clo, chi, blob in cur:
+                a = max(clo, lo)
+                b = min(chi, hi, a + limit - len(out) - 1)
+                if a > b:
+                    if clo > hi:
+                        break
+                    continue
+                out.extend(self._rows(base, blob, a, b))
+                if len(out) >= limit:
+                    break
+        finally:
+            cur.close()
+        return out
+
+    def _rows(self, base: int, blob: bytes, a: int, b: int) -> list[Row]:
+        """Rows a..b of the chunk whose blob starts at seq ``base``."""
+        cached = self._cache
+        if cached is not None and cached[0] == base:
+            cols = cached[1]
+        else:
+            cols = unpack(blob)
+            self._cache = (base, cols)
+        return rows(cols, base, a, b, names=self._pname, units=self._punit)
 
     def _make_durable(self, upto: int) -> None:
-        """Fsync before handing out anything committed since the last fsync (module docstring)."""
-        if self.synchronous == "off" or upto <= self._synced_seq:
-            return
+        """Before anything new leaves: fsync the database, then record it in the anchor."""
         top = self._next_seq - 1
-        with durable(self._conn, self.synchronous):
-            self._conn.execute(_SEQ_HWM, (top,))
-        self._synced_seq = top
+        if self.synchronous != "off" and upto > self._synced_seq:
+            with durable(self._conn, self.synchronous):
+                self._conn.execute(_SEQ_HWM, (top,))
+            self._synced_seq = top
+        if upto > self._a.seq_left:
+            self._a.seq_left = top
+            self._write_anchor()
+
+    def _write_anchor(self) -> None:
+        a = self._a
+        a.acked = max(a.acked, self._lowest() - 1)
+        a.last_ts = self._last_ts
+        self._anchor.write(a)
 
     def ack(self, lease: Lease) -> None:
-        """Delete the lease's rows and gaps: the broker has them. A stale lease is fine too."""
+        """Delete the lease's readings and records: the broker has them. A stale lease is fine.
+
+        Never raises for a failed write (disk full, I/O error): the lease stays out of every
+        later lease (so nothing is sent twice) and its delete is retried by the next call.
+        """
         with self._db_lock:
             self._check_open()
             span = self._inflight.pop(lease.id)
+            if span is not None:
+                self._inflight.add(lease.id, span)  # until the delete is written
+            self._unapplied[lease.id] = lease
+            self._apply_unapplied()
+            self._ack_losses(lease)
+
+    def _ack_losses(self, lease: Lease) -> None:
+        if not lease.losses:
+            return
+        keys = {x.key for x in lease.losses}
+        self._loss_busy -= keys
+        self._a.losses = [x for x in self._a.losses if x.key not in keys]
+        try:
+            self._write_anchor()
+        except OSError as exc:
+            log.warning("cannot write the buffer anchor after an ack (%s); the loss record may"
+                        " be sent again", exc)
+
+    def _apply_unapplied(self) -> None:
+        """Write the deletes of acked leases; keeps the ones that still fail for later."""
+        for lease_id, lease in list(self._unapplied.items()):
             try:
-                deleted, gone = self._delete(lease)
+                deleted = self._delete_retrying(lease)
             except sqlite3.Error as exc:
-                if span is not None:
-                    self._inflight.add(lease.id, span)
-                raise StoreError(f"cannot ack lease {lease.id} in {self.path}: {exc}") from exc
+                if not self._ack_failing:
+                    log.warning("buffer %s: acknowledged batches cannot be deleted yet (%s);"
+                                " they are kept out of new batches and retried", self.path, exc)
+                    self._ack_failing = True
+                return
+            del self._unapplied[lease_id]
+            self._inflight.pop(lease_id)
             self._depth -= deleted
             self.delivered += deleted
-            for key in gone:
-                del self._gaps[key]
+            for g in lease.gaps:
+                if self._gaps.get(g.first_seq) == g:
+                    del self._gaps[g.first_seq]
+        if self._ack_failing and not self._unapplied:
+            log.info("buffer %s: deletes of acknowledged batches work again", self.path)
+            self._ack_failing = False
 
-    def _delete(self, lease: Lease) -> tuple[int, list[int]]:
+    def _delete_retrying(self, lease: Lease) -> int:
+        try:
+            return self._delete(lease)
+        except sqlite3.Error as exc:
+            if not (_full(exc) and self._reserve.release()):
+                raise
+            self._note_full()
+            log.warning("buffer %s: disk full; released the %d-byte reserve so acknowledged "
+                        "batches can be deleted", self.path, self._reserve.size)
+            return self._delete(lease)
+
+    def _delete(self, lease: Lease) -> int:
         conn = self._conn
         gone = [g.first_seq for g in lease.gaps if self._gaps.get(g.first_seq) == g]
         top = max([lease.last_seq or 0] + [g.last_seq for g in lease.gaps])
         conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = 0
-            if lease.first_seq is not None:
-                deleted = conn.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?",
-                                       (lease.first_seq, lease.last_seq)).rowcount
+            if lease.first_seq is not None and lease.last_seq is not None:
+                deleted = self._trim(lease.first_seq, lease.last_seq)
             conn.executemany("DELETE FROM gaps WHERE first_seq = ?", [(k,) for k in gone])
             conn.execute(_SEQ_HWM, (top,))
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
             raise
-        return deleted, gone
+        if self.disk_full:
+            # Let the next commit start the WAL over instead of growing it (disk full).
+            self._checkpoint("RESTART")
+            self._note_room()
+        return deleted
+
+    def _trim(self, first: int, last: int) -> int:
+        """Inside a transaction: take seqs first..last out of the chunks that hold them.
+
+        Acks come oldest first, so this trims a chunk's ends without touching its blob; an ack
+        that lands inside a chunk (out of order) splits it, and the part after the ack gets a
+        row of its own that shares the blob.
+        """
+        conn = self._conn
+        deleted = 0
+        for cid, lo, hi, base, t0, t1 in conn.execute(
+                _SPANS, (max(0, first - CHUNK_MAX), last, first)).fetchall():
+            if lo > last:
+                break
+            a, b = max(lo, first), min(hi, last)
+            if a > b:
+                continue
+            deleted += b - a + 1
+            if a == lo and b == hi:
+                conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
+            elif a == lo:
+                conn.execute("UPDATE chunks SET lo = ? WHERE id = ?", (b + 1, cid))
+            elif b == hi:
+                conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (a - 1, cid))
+            else:
+                conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (a - 1, cid))
+                conn.execute("INSERT INTO chunks SELECT ?, base, ?, hi, ts_min, ts_max, data"
+                             " FROM chunks WHERE id = ?", (b + 1, b + 1, cid))
+                conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (hi, b + 1))
+            del base, t0, t1
+        return deleted
 
     def release(self, lease: Lease) -> None:
-        """Make the lease's rows and gaps leasable again, in their oldest-first place."""
+        """Make the lease's readings and records leasable again, in their oldest-first place."""
         with self._db_lock:
+            if lease.id in self._unapplied:
+                return  # acked: its delete is pending, it must not be sent again
             span = self._inflight.pop(lease.id)
+            self._loss_busy -= {x.key for x in lease.losses}
             if span is not None and span.rows:
                 self._scan_from = min(self._scan_from, span.lo)
+
+    # -- disk full -----------------------------------------------------------------------
+
+    def _note_full(self) -> None:
+        if not self.disk_full:
+            self.disk_full = True
+            log.error("buffer %s: the disk is full (%d bytes free); readings wait in memory (at"
+                      " most %d, then the oldest are dropped into a gap)", self.path,
+                      self._free(), self.max_pending)
+
+    def _note_room(self) -> None:
+        """Once the disk has room again: the reserve back, and say so once."""
+        if self.disk_full and self._reserve.ensure():
+            self.disk_full = False
+            log.info("buffer %s: the disk has room again (%d bytes free)", self.path, self._free())
+
+    def _free(self) -> int:
+        try:
+            return free_bytes(self.path.parent)
+        except OSError:
+            return -1
+
+    def _checkpoint(self, mode: str) -> bool:
+        try:
+            self._conn.execute(f"PRAGMA wal_checkpoint({mode})")
+        except sqlite3.Error as exc:
+            log.debug("checkpoint (%s) of %s failed: %s", mode, self.path, exc)
+            return False
+        return True
 
     # -- state ---------------------------------------------------------------------------
 
@@ -343,7 +590,8 @@ class Store:
         with self._db_lock:
             self._check_open()
             try:
-                oldest = self._conn.execute(_OLDEST_TS).fetchone()
+                oldest = self._conn.execute(
+                    "SELECT ts_min FROM chunks ORDER BY id LIMIT 1").fetchone()
                 used = self._cap.used()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read stats of {self.path}: {exc}") from exc
@@ -355,7 +603,9 @@ class Store:
                 gaps_pending=len(self._gaps),
                 epoch=self.epoch, schema_version=self.schema_version,
                 moved_aside=str(self.moved_aside) if self.moved_aside else None,
-                last_seq=self._next_seq - 1,
+                last_seq=self._next_seq - 1, disk_full=self.disk_full,
+                free_bytes=self._free(), losses_pending=len(self._a.losses),
+                acks_pending=len(self._unapplied), anchor_writes=self._anchor.writes,
             )
 
     def next_batch_seq(self) -> int:
@@ -364,12 +614,11 @@ class Store:
             self._check_open()
             if self._batch_next >= self._batch_reserved:
                 reserve = self._batch_next + _BATCH_BLOCK
+                self._a.batch_reserved = reserve
                 try:
-                    with durable(self._conn, self.synchronous):
-                        self._conn.execute(
-                            "UPDATE meta SET value = ? WHERE key = 'batch_seq_next'", (reserve,))
-                except sqlite3.Error as exc:
-                    raise StoreError(f"cannot reserve batch seqs in {self.path}: {exc}") from exc
+                    self._write_anchor()
+                except OSError as exc:
+                    raise StoreError(f"cannot reserve batch seqs in the anchor: {exc}") from exc
                 self._batch_reserved = reserve
             seq = self._batch_next
             self._batch_next += 1
@@ -395,22 +644,57 @@ class Store:
                 raise StoreError(f"cannot write {key!r} to {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        """Commit what is queued, checkpoint and close. Safe to call twice."""
+        """Commit what is queued, make it durable, checkpoint and close. Safe to call twice.
+
+        Readings that still cannot be written (disk full) are not dropped silently: they get
+        seqs and a loss record in the anchor, which the next start sends upstream.
+        """
         if self._closed:
             return
         try:
             self.commit()
-        finally:
-            with self._db_lock, self._queue_lock:
-                if self._pending:
-                    log.error("closing buffer %s with %d readings that could not be written",
-                              self.path, len(self._pending))
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error:
-                    log.warning("checkpoint of %s on close failed", self.path, exc_info=True)
-                self._conn.close()
-                self._closed = True
+        except StoreError as exc:
+            log.debug("final commit failed: %s", exc)
+        with self._db_lock, self._queue_lock:
+            self._apply_unapplied()
+            self._record_unwritten()
+            try:
+                with durable(self._conn, self.synchronous):
+                    self._conn.execute(_SEQ_HWM, (self._next_seq - 1,))
+            except sqlite3.Error as exc:
+                log.warning("buffer %s: final sync failed: %s", self.path, exc)
+            if not self.disk_full:
+                self._checkpoint("TRUNCATE")
+            self._a.clean = True
+            try:
+                self._write_anchor()
+            except (OSError, sqlite3.Error) as exc:
+                log.error("buffer %s: cannot mark the anchor clean: %s; the next start reports"  # noqa: TRY400 - one line, no traceback
+                          " a possible loss", self.path, exc)
+            self._conn.close()
+            self._anchor.close()
+            self._closed = True
+
+    def _record_unwritten(self) -> None:
+        """Give the readings still queued (and any overflow) seqs and one loss record."""
+        overflow, self._overflow = self._overflow, None
+        queued, self._pending = self._pending, []
+        if overflow is None:
+            overflow = _Overflow()
+        overflow.add(queued)
+        if not overflow.count:
+            return
+        first = self._next_seq
+        last = first + overflow.count - 1
+        self._a.add_loss(Loss(self.epoch, first, last, overflow.count, overflow.first_ts,
+                              overflow.last_ts, "exit-unwritten"))
+        self._a.seq_floor = last
+        self._next_seq = last + 1
+        self.dropped += overflow.count
+        log.error("closing buffer %s: %d readings could not be written (%s); recorded as lost"
+                  " (epoch %d, seqs %d-%d), reported upstream after the next start", self.path,
+                  overflow.count, "disk full" if self.disk_full else "commit failing",
+                  self.epoch, first, last)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 from drivers._schema import ByteSize, ConfigError, ConfigIssue, Duration, dump, load, option
+from drivers._udp import UdpDrops, set_rcvbuf
 
 if TYPE_CHECKING:
     import argparse
@@ -58,10 +59,12 @@ __all__ = [
     "SimulatedSetup",
     "Sink",
     "StateStore",
+    "UdpDrops",
     "Value",
     "dump",
     "load",
     "option",
+    "set_rcvbuf",
 ]
 
 Value = bool | int | float | str | bytes | None
@@ -177,13 +180,19 @@ class DeviceHealth:
 
 
 class HealthBoard:
-    """The health of one driver instance and its devices, as reported in status."""
+    """The health of one driver instance and its devices, as reported in status.
+
+    Besides per-device health, the driver as a whole is ``degraded`` while any condition
+    marked with :meth:`degrade` (e.g. ``udp_drops``) has not been cleared by :meth:`recover`.
+    """
 
     def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
         self.devices: dict[str, DeviceHealth] = {}
         self.counters: dict[str, int] = {}
         self.extra: dict[str, Any] = {}
+        #: condition -> {"reason": str, "since": wall-clock seconds}
+        self.degraded: dict[str, dict[str, Any]] = {}
 
     def device(self, name: str) -> DeviceHealth:
         if name not in self.devices:
@@ -193,8 +202,24 @@ class HealthBoard:
     def count(self, counter: str, n: int = 1) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + n
 
+    def degrade(self, condition: str, reason: str) -> None:
+        """Mark the driver degraded by ``condition``: warns once, then only updates ``reason``."""
+        if condition not in self.degraded:
+            self._log.warning("degraded: %s", reason)
+            self.degraded[condition] = {"reason": reason, "since": time.time()}
+        else:
+            self.degraded[condition]["reason"] = reason
+
+    def recover(self, condition: str) -> None:
+        """Clear ``condition``: one info line if it was set."""
+        entry = self.degraded.pop(condition, None)
+        if entry is not None:
+            self._log.info("%s: recovered after %.0fs", condition, time.time() - entry["since"])
+
     def snapshot(self) -> dict[str, Any]:
         return {
+            "state": "degraded" if self.degraded else "ok",
+            "degraded": {k: dict(v) for k, v in self.degraded.items()},
             "devices": {k: v.snapshot() for k, v in self.devices.items()},
             "counters": dict(self.counters),
             **self.extra,

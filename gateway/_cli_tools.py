@@ -7,8 +7,12 @@ import asyncio
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from buffer.types import Gap, Loss
 
 __all__ = ["register"]
 
@@ -97,6 +101,41 @@ def _message_files(items: list[str]) -> list[Path]:
     return out
 
 
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "?"
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):  # beyond what datetime can show
+        return f"{ms} ms"
+
+
+def _time_range(first_ts: int | None, last_ts: int | None) -> str:
+    if first_ts is None and last_ts is None:
+        return "time unknown"
+    return f"ts {_when(first_ts)} to {_when(last_ts)}"
+
+
+def describe_gap(gap: Gap) -> str:
+    """One line for a gap record: what the buffer dropped (size cap)."""
+    points = ", ".join(map(repr, gap.points)) + (" and more" if gap.points_truncated else "")
+    return (f"gap: seqs {gap.first_seq}-{gap.last_seq}, {gap.count} reading(s) dropped by the"
+            f" buffer, {_time_range(gap.first_ts, gap.last_ts)}"
+            + (f", points {points}" if points else ""))
+
+
+def describe_loss(loss: Loss) -> str:
+    """One line for a loss record: epoch, seqs (or open / no seq), count, time, reason."""
+    if loss.first_seq is None:
+        seqs = "no seq"
+    else:
+        seqs = f"seqs {loss.first_seq}-{'open' if loss.last_seq is None else loss.last_seq}"
+    count = "count unknown" if loss.count is None else f"{loss.count} reading(s)"
+    return (f"loss in epoch {loss.epoch}: {seqs}, {count}, "
+            f"{_time_range(loss.first_ts, loss.last_ts)}, reason {loss.reason!r}")
+
+
 class _VerifyPrinter:
     """Feeds messages to the verifier; SenML to stdout, everything else to stderr."""
 
@@ -125,6 +164,8 @@ class _VerifyPrinter:
         if res.status == "duplicate":
             print(f"{name}: duplicate batch, {res.duplicates} reading(s) already had",
                   file=sys.stderr)
+        for record in [*map(describe_gap, res.gaps), *map(describe_loss, res.losses)]:
+            print(f"{name}: {record}", file=sys.stderr)
         if res.missing:
             print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
         for first, last, offset in res.extra.get(9, []):
@@ -133,10 +174,11 @@ class _VerifyPrinter:
                 isinstance(offset, bool) else "offset not known yet"
             print(f"{name}: clock unsynchronized for seqs {first}-{last}: {known}",
                   file=sys.stderr)
-        if not self.args.quiet and res.readings:
-            # One SenML pack (RFC 8428 §5) per batch and line.
-            print(senml_json(res.gateway_id, res.readings,
-                             include_bad=not self.args.plain_senml))
+        plain = self.args.plain_senml
+        if not self.args.quiet and (res.readings or (res.losses and not plain)):
+            # One SenML pack (RFC 8428 §5) per batch and line; loss records are must-understand.
+            print(senml_json(res.gateway_id, res.readings, include_bad=not plain,
+                             losses=res.losses))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter, truediv
 from typing import Any, NoReturn
 
-from buffer.types import Gap, Row
+from buffer.types import Gap, Loss, Row
 from drivers.api import Quality, Reading, Value
 
 FORMAT_VERSION = 1
@@ -17,11 +17,16 @@ MAX_READINGS = 1 << 20
 #: ``m / 10**k`` one correctly rounded IEEE 754 division of two exact doubles.
 MAX_DECIMALS = 15
 MAX_MANTISSA = 1 << 53
+#: Loss records one batch may carry, and the longest reason text (in characters).
+MAX_LOSSES = 64
+MAX_REASON = 64
 
 # Top-level keys (docs/wire-format.md, "batch").
 K_VERSION, K_GATEWAY, K_EPOCH, K_BATCH_SEQ, K_FIRST_SEQ, K_LAST_SEQ, K_T0, K_SERIES, K_GAPS = (
     range(9))
-CORE_KEYS = frozenset(range(9))
+K_LOSSES = 11
+#: Keys this module decodes itself; ``extra`` may not use them (key 9 is an extension).
+CORE_KEYS = frozenset([*range(9), K_LOSSES])
 # Value column kinds and series option keys.
 PLAIN, INT_DELTA, DECIMAL = 0, 1, 2
 OPT_QUALITY, OPT_BAD_VALUES = 0, 1
@@ -44,13 +49,15 @@ class Batch:
     gateway_id: str
     epoch: int
     batch_seq: int
-    #: The buffer sequence range carried (readings and gaps); None for an empty batch.
+    #: The buffer sequence range carried (readings and gaps, not losses); None when neither.
     first_seq: int | None
     last_seq: int | None
     readings: list[tuple[int, Reading]]
     gaps: list[Gap]
     #: Top-level keys this version does not define, as decoded (docs: extension rules).
     extra: dict[int, Any]
+    #: Readings lost to storage or a stop, possibly of an earlier epoch (key 11); ``key`` is 0.
+    losses: list[Loss] = field(default_factory=list)
 
     def rows(self) -> list[Row]:
         """The readings as buffer rows ``(seq, point, unit, ts, value, quality)``."""
@@ -244,6 +251,46 @@ class _Decoder:
         return Gap(first, last, count, _int(g[3], p), _int(g[4], p), tuple(points), g[6])
 
 
+def _uint_or_null(v: Any, path: str) -> int | None:
+    if v is not None and (type(v) is not int or not 0 <= v < UINT_END):
+        fail(path, "an unsigned integer or null", v)
+    return v
+
+
+def _int_or_null(v: Any, path: str) -> int | None:
+    if v is not None and type(v) is not int:
+        fail(path, "an integer or null", v)
+    return v
+
+
+def loss(j: int, item: Any) -> Loss:
+    """One loss record ``[epoch, first_seq, last_seq, count, first_ts, last_ts, reason]``."""
+    p = f"losses[{j}]"
+    if type(item) is not list or len(item) != 7:
+        fail(p, "[epoch, first_seq, last_seq, count, first_ts, last_ts, reason]", item)
+    epoch = _uint(item[0], f"{p}.epoch")
+    first, last, count = (_uint_or_null(item[k], f"{p}.{name}")
+                          for k, name in ((1, "first_seq"), (2, "last_seq"), (3, "count")))
+    first_ts, last_ts = (_int_or_null(item[k], f"{p}.{name}")
+                         for k, name in ((4, "first_ts"), (5, "last_ts")))
+    if last is not None:
+        if first is None:
+            fail(f"{p}.last_seq", "null when first_seq is null", last)
+        if last < first:
+            fail(f"{p}.last_seq", f"null or at least first_seq {first}", last)
+    reason = item[6]
+    if type(reason) is not str or not 1 <= len(reason) <= MAX_REASON:
+        fail(f"{p}.reason", f"a text of 1 to {MAX_REASON} characters", reason)
+    return Loss(epoch, first, last, count, first_ts, last_ts, reason)
+
+
+def _losses(doc: dict[Any, Any]) -> list[Loss]:
+    items = _list(doc.get(K_LOSSES, []), "losses (key 11)")
+    if len(items) > MAX_LOSSES:
+        fail("losses (key 11)", f"at most {MAX_LOSSES} loss records", len(items))
+    return [loss(j, item) for j, item in enumerate(items)]
+
+
 def _header(doc: Any) -> tuple[str, int, int, list[Any], list[Any]]:
     if type(doc) is not dict:
         fail("top level", "a map", doc)
@@ -287,4 +334,4 @@ def decode(doc: Any) -> Batch:
         gap_list = []
     extra = {k: v for k, v in doc.items() if k not in CORE_KEYS}
     return Batch(FORMAT_VERSION, gateway_id, epoch, batch_seq, first, last, readings, gap_list,
-                 extra)
+                 extra, _losses(doc))

@@ -24,11 +24,14 @@ from gateway._wire import (
     K_GAPS,
     K_GATEWAY,
     K_LAST_SEQ,
+    K_LOSSES,
     K_SERIES,
     K_T0,
     K_VERSION,
+    MAX_LOSSES,
     MAX_MANTISSA,
     MAX_READINGS,
+    MAX_REASON,
     OPT_BAD_VALUES,
     OPT_QUALITY,
     PLAIN,
@@ -45,11 +48,11 @@ from gateway.cose import strict_loads
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from buffer.types import Gap, Row
+    from buffer.types import Gap, Loss, Row
     from drivers.api import Value
 
-__all__ = ["FORMAT_VERSION", "MAX_READINGS", "Batch", "BatchFormatError", "decode_batch",
-           "encode_batch"]
+__all__ = ["FORMAT_VERSION", "MAX_LOSSES", "MAX_READINGS", "Batch", "BatchFormatError",
+           "decode_batch", "encode_batch"]
 
 # ---------------------------------------------------------------- encoding
 
@@ -272,7 +275,8 @@ def _check_header(gateway_id: str, epoch: int, batch_seq: int,
             raise ValueError(f"{name} must be an unsigned 64-bit int; got {v!r}")
     for key in extra or ():
         if type(key) is not int or key in CORE_KEYS:
-            raise ValueError(f"extra key {key!r}: must be an int outside the core keys 0-8")
+            raise ValueError(f"extra key {key!r}: must be an int outside the core keys 0-8 "
+                             "and 11")
 
 
 def _group(rows: Sequence[Row]) -> dict[tuple[str, str | None], list[Row]]:
@@ -303,10 +307,37 @@ def _seq_range(rows: Sequence[Row], gaps: Sequence[Gap]) -> tuple[int, int]:
     return min(seqs), max(seqs)
 
 
+def _is_uint(v: object) -> bool:
+    return type(v) is int and 0 <= v < UINT_END
+
+
+def _loss_item(loss: Loss) -> list[Any]:
+    """``[epoch, first_seq, last_seq, count, first_ts, last_ts, reason]``; ValueError if bad."""
+    item = [loss.epoch, loss.first_seq, loss.last_seq, loss.count, loss.first_ts, loss.last_ts,
+            loss.reason]
+    if not _is_uint(loss.epoch) or not all(v is None or _is_uint(v) for v in item[1:4]) \
+            or not all(v is None or type(v) is int for v in item[4:6]):
+        raise ValueError(f"loss {loss!r}: epoch must be an unsigned 64-bit int, seqs and count "
+                         "unsigned 64-bit ints or None, timestamps ints or None")
+    if loss.last_seq is not None and (loss.first_seq is None or loss.last_seq < loss.first_seq):
+        raise ValueError(f"loss {loss!r}: last_seq needs a first_seq no higher than it")
+    if type(loss.reason) is not str or not 1 <= len(loss.reason) <= MAX_REASON:
+        raise ValueError(f"loss {loss!r}: reason must be a text of 1 to {MAX_REASON} characters")
+    return item
+
+
 def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[Row],
-                 gaps: Sequence[Gap] = (), extra: Mapping[int, Any] | None = None) -> bytes:
-    """The CBOR payload for ``rows`` and ``gaps`` (docs/wire-format.md); raises ValueError."""
+                 gaps: Sequence[Gap] = (), losses: Sequence[Loss] = (),
+                 extra: Mapping[int, Any] | None = None) -> bytes:
+    """The CBOR payload for ``rows``, ``gaps`` and ``losses`` (docs/wire-format.md).
+
+    Losses do not widen the batch's seq range (keys 4 and 5); ``Loss.key`` is not sent.
+    Raises ValueError for input the decoder would refuse.
+    """
     _check_header(gateway_id, epoch, batch_seq, extra)
+    if len(losses) > MAX_LOSSES:
+        raise ValueError(f"{len(losses)} loss records exceed the {MAX_LOSSES} a batch may carry")
+    loss_items = [_loss_item(loss) for loss in losses]
     if len(rows) > MAX_READINGS:
         raise ValueError(f"{len(rows)} readings exceed the {MAX_READINGS} a batch may carry")
     doc: dict[int, Any] = {K_VERSION: FORMAT_VERSION, K_GATEWAY: gateway_id, K_EPOCH: epoch,
@@ -325,6 +356,8 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
     if gaps:
         doc[K_GAPS] = [[g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, list(g.points),
                         bool(g.points_truncated)] for g in gaps]
+    if loss_items:
+        doc[K_LOSSES] = loss_items
     doc.update(extra or {})
     # Canonical mode writes each float in its shortest exact form (RFC 8949 §4.1).
     return cbor2.dumps(doc, canonical=True)

@@ -347,13 +347,28 @@ class Gateway:
                         str(g.path(t.key_file)) if t.key_file else None)
 
     async def _drain(self) -> None:
-        """Final commit, then give in-flight batches a moment to be acknowledged."""
+        """Final commit, give in-flight batches a bounded time, then say what was left."""
         assert self.store is not None  # noqa: S101
+        store = self.store
+        before = store.delivered
         with contextlib.suppress(StoreError):
-            await self._io_call(self.store.commit)
+            await self._io_call(store.commit)
         deadline = time.monotonic() + self.drain_timeout
         while self.uplink and self.uplink.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - PUBACKs come from paho callbacks; polling a counter is simplest
             await asyncio.sleep(0.02)
+        unacked = self.uplink.inflight if self.uplink else 0
+        try:
+            stats = await self._io_call(store.stats)
+        except StoreError as exc:
+            _log.warning("stopping: %d readings delivered during the drain; the buffer cannot"
+                         " say what is left (%s)", store.delivered - before, exc)
+            return
+        _log.info("stopping: %d readings delivered during the drain; %d left in the buffer for"
+                  " the next start (%d batches not acknowledged within %.0f s)%s",
+                  store.delivered - before, stats.depth + stats.pending, unacked,
+                  self.drain_timeout,
+                  f"; {stats.pending} could not be written and are recorded as lost"
+                  if stats.pending else "")
 
     async def _shutdown(self) -> None:
         if self.uplink is not None:
@@ -522,7 +537,7 @@ class Gateway:
             return encode_batch(
                 gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
                 batch_seq=self.store.next_batch_seq(), rows=rows, gaps=lease.gaps,
-                extra={K_CLOCK: spans} if spans else None)
+                losses=lease.losses, extra={K_CLOCK: spans} if spans else None)
         except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError is a ValueError
             return None
 

@@ -5,9 +5,10 @@ A good reading becomes a resolved-style record: ``n`` (the point, after the pack
 value field: ``v`` (numbers), ``vb`` (bool), ``vs`` (text) or ``vd`` (bytes, base64url without
 padding, RFC 8428 §4.3 and RFC 4648 §5).
 
-Two extension fields cover what RFC 8428 cannot say. Both end in ``_``: RFC 8428 §4.4 makes
+Extension fields cover what RFC 8428 cannot say. All end in ``_``: RFC 8428 §4.4 makes
 such labels must-understand (a receiver that does not know them must fail, not misread),
-which is right because these records lack the value field §4.2 otherwise requires:
+which is right because these records lack the value field §4.2 otherwise requires, or give
+``v`` and ``t`` another meaning:
 
 ``q_``
     why a reading carries no measurement: the ``drivers.api.Quality`` name in lower case
@@ -15,9 +16,19 @@ which is right because these records lack the value field §4.2 otherwise requir
     the diagnostic the device gave (e.g. the Modbus exception code), not a measurement.
 ``nf_``
     a non-finite float, which JSON cannot carry: ``"nan"``, ``"inf"`` or ``"-inf"``.
+``loss_``
+    the record reports readings the gateway lost (a ``buffer.types.Loss``), not a
+    measurement; its value is the reason (``"power-loss"``, ...). The record has no ``n``:
+    its name is the base name, the gateway itself. Its other fields, each absent when
+    unknown: ``ep_`` the epoch as decimal text (it may exceed 2**53, beyond what JSON numbers
+    keep exactly, RFC 7493 §2.2); ``fs_`` and ``ls_`` the first and last seq (``fs_`` without
+    ``ls_``: open-ended, every seq from ``fs_`` on not received; neither: readings that never
+    got a seq); ``v`` how many readings; ``t`` and ``et_`` the start and end of their time
+    range, in seconds like ``t``.
 
 Pass ``include_bad=False`` for packs that plain RFC 8428 tooling must accept: bad-quality
-readings are then left out, and a non-finite value is the only way an extension appears.
+readings and loss records are then left out, and a non-finite value is the only way an
+extension appears.
 """
 
 from __future__ import annotations
@@ -33,12 +44,15 @@ from drivers.api import Quality, Reading
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from buffer.types import Loss
     from drivers.api import Value
 
-__all__ = ["NONFINITE_FIELD", "QUALITY_FIELD", "SenMLError", "senml_json", "senml_records"]
+__all__ = ["LOSS_FIELD", "NONFINITE_FIELD", "QUALITY_FIELD", "SenMLError", "senml_json",
+           "senml_records"]
 
 QUALITY_FIELD = "q_"
 NONFINITE_FIELD = "nf_"
+LOSS_FIELD = "loss_"
 # RFC 8428 §4.5.1: the concatenated name's character set and first character.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
 
@@ -72,9 +86,21 @@ def _record(reading: Reading) -> dict[str, Any]:
     return rec
 
 
+def _loss_record(loss: Loss) -> dict[str, Any]:
+    rec: dict[str, Any] = {LOSS_FIELD: loss.reason, "ep_": str(loss.epoch)}
+    optional = (("fs_", loss.first_seq), ("ls_", loss.last_seq), ("v", loss.count),
+                ("t", None if loss.first_ts is None else loss.first_ts / 1000),
+                ("et_", None if loss.last_ts is None else loss.last_ts / 1000))
+    rec.update((label, v) for label, v in optional if v is not None)
+    return rec
+
+
 def senml_records(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]], *,
-                  include_bad: bool = True) -> list[dict[str, Any]]:
-    """SenML records for ``readings`` (``Reading`` or ``(seq, Reading)``), base name first."""
+                  include_bad: bool = True, losses: Iterable[Loss] = ()) -> list[dict[str, Any]]:
+    """SenML records for ``readings`` (``Reading`` or ``(seq, Reading)``), then ``losses``.
+
+    The first record carries the base name. Loss records are left out with ``include_bad=False``.
+    """
     base = f"{gateway_id}/"
     out: list[dict[str, Any]] = []
     for item in readings:
@@ -88,11 +114,18 @@ def senml_records(gateway_id: str, readings: Iterable[Reading | tuple[int, Readi
         if not out:
             rec = {"bn": base, **rec}
         out.append(rec)
+    for loss in losses if include_bad else ():
+        if not _NAME.fullmatch(base):
+            raise SenMLError(f"SenML name {base!r} uses characters outside "
+                             "A-Z a-z 0-9 - : . / _ (RFC 8428 §4.5.1)")
+        rec = _loss_record(loss)
+        out.append(rec if out else {"bn": base, **rec})
     return out
 
 
 def senml_json(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]], *,
-               include_bad: bool = True) -> str:
+               include_bad: bool = True, losses: Iterable[Loss] = ()) -> str:
     """The SenML pack as compact JSON text (``application/senml+json``, RFC 8428 §5)."""
-    return json.dumps(senml_records(gateway_id, readings, include_bad=include_bad),
+    return json.dumps(senml_records(gateway_id, readings, include_bad=include_bad,
+                                    losses=losses),
                       separators=(",", ":"), allow_nan=False)

@@ -53,10 +53,12 @@ def uplink_view(up: Any) -> dict[str, Any]:
 
 
 def _driver_view(snap: Mapping[str, Any], kind: str | None) -> dict[str, Any]:
-    """``{driver, ok, failing: [device], health: HealthBoard.snapshot()}``."""
+    """``{driver, ok, failing: [device], degraded: [condition], health: snapshot()}``."""
     devices = snap.get("devices", {})
     failing = sorted(n for n, d in devices.items() if d.get("state") != "ok")
-    return {"driver": kind, "ok": not failing, "failing": failing, "health": dict(snap)}
+    degraded = sorted(snap.get("degraded", {}))
+    return {"driver": kind, "ok": not failing, "failing": failing, "degraded": degraded,
+            "health": dict(snap)}
 
 
 def _devices(view: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,6 +82,8 @@ def build_status(*, gateway_id: str, version: str, boot_id: str, started: float,
     buf = _buffer_view(buffer, now)
     up = dict(uplink or {"state": "stopped"})
     problems = [f"{inst}/{dev} failing" for inst, v in views.items() for dev in v["failing"]]
+    problems += [f"{inst} degraded ({', '.join(v['degraded'])})" for inst, v in views.items()
+                 if v["degraded"]]
     if up.get("state") != "connected":
         problems.append(f"uplink {up.get('state')}")
     if clock is not None and not clock.get("synced", True):
@@ -224,11 +228,31 @@ def _clock_line(clock: Mapping[str, Any]) -> str:
             f"{clock.get('unsynced_since_seq')} are marked and corrected once it syncs")
 
 
+def _wrapped(head: str, items: list[str], width: int = 100) -> list[str]:
+    """``head`` then the items, two spaces apart, continued under the first item."""
+    lines = [head]
+    for item in items:
+        if len(lines[-1]) + 2 + len(item) > width and lines[-1].strip():
+            lines.append(" " * len(head))
+        lines[-1] += "  " + item
+    return lines
+
+
+def _udp_line(udp: Mapping[str, Any]) -> str:
+    """The socket's receive buffer and the datagrams the kernel dropped on it."""
+    asked = udp.get("rcvbuf_requested")
+    drops = f"kernel drops {udp.get('drops', 0)}" if udp.get("source") else "drops unknown"
+    return (f"    {'udp socket':<24} rcvbuf {udp.get('rcvbuf', '-')} B "
+            f"({'asked ' + str(asked) if asked else 'system default'})  {drops}")
+
+
 def _driver_lines(drivers: Mapping[str, Any], now: float) -> list[str]:
     out = ["drivers" if drivers else "drivers  none"]
     for inst, d in drivers.items():
         state = "OK" if d.get("ok") else f"FAILING ({len(d.get('failing', []))})"
+        state += "  DEGRADED" if d.get("degraded") else ""
         devices = _devices(d)
+        health = d.get("health", {})
         out.append(f"  {d.get('driver') or '?'}:{inst:<20} {state}  {len(devices)} device(s)")
         for name, dev in sorted(devices.items()):
             if dev.get("state") == "ok":
@@ -236,6 +260,14 @@ def _driver_lines(drivers: Mapping[str, Any], now: float) -> list[str]:
             else:
                 out.append(f"    {name:<24} FAILING for {_when(dev.get('failing_since'), now)}")
                 out.append(f"    {'':<24} last error: {dev.get('last_error')}")
+        for cond, entry in sorted(health.get("degraded", {}).items()):
+            out.append(f"    {cond:<24} DEGRADED for {_when(entry.get('since'), now)}")
+            out.append(f"    {'':<24} {entry.get('reason')}")
+        if isinstance(health.get("udp"), dict):
+            out.append(_udp_line(health["udp"]))
+        counters = [f"{k} {v}" for k, v in sorted(health.get("counters", {}).items()) if v]
+        if counters:
+            out += _wrapped(f"    {'counters':<24}", counters)
     return out
 
 
@@ -255,9 +287,11 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
 def _fingerprint(doc: Mapping[str, Any]) -> tuple[Any, ...]:
     devices = tuple(sorted((i, n, d.get("state")) for i, v in doc.get("drivers", {}).items()
                            for n, d in _devices(v).items()))
+    degraded = tuple((i, tuple(v.get("degraded", ()))) for i, v in
+                     sorted(doc.get("drivers", {}).items()))
     dropped = bool(doc.get("drops", {}).get("buffer"))
     return (doc.get("uplink", {}).get("state"), doc.get("clock", {}).get("synced"),
-            tuple(sorted(doc.get("drivers", {}))), devices, dropped)
+            tuple(sorted(doc.get("drivers", {}))), devices, degraded, dropped)
 
 
 class StatusReporter:

@@ -1,9 +1,10 @@
-"""The verifier: signature, key, order, duplicates and gaps, for the platform side.
+"""The verifier: signature, key, order, duplicates, gaps and losses, for the platform side.
 
 Delivery is at-least-once, so a reading may arrive more than once; it is identified by
 ``(gateway_id, epoch, seq)``. Per ``(gateway, epoch)`` the verifier keeps the set of seqs
-delivered (and those the gateway reported dropped) as intervals, passes on only readings not
-seen before, and reports what is still missing. docs/wire-format.md, "Receiving", is the spec.
+delivered (and those the gateway reported dropped or lost) as intervals, passes on only
+readings not seen before, and reports what is still missing. docs/wire-format.md,
+"Receiving", is the spec.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from buffer.types import Gap, Loss
 from gateway.batch import Batch, BatchFormatError, decode_batch
 from gateway.cose import CoseFormatError, SignatureError, UnknownKeyError, open1
 
@@ -20,13 +22,21 @@ if TYPE_CHECKING:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from buffer.types import Gap
     from drivers.api import Reading
 
 __all__ = ["IntervalSet", "Result", "Status", "Verifier"]
 
+_LOSS_STATS = {"losses": 0, "lost_reported": 0}  # absent from state saved before losses
+
 Status = Literal["ok", "duplicate", "replay", "bad-signature", "unknown-key", "malformed"]
+# Version 1 throughout: "losses" per stream was added later and may be absent.
 _STATE_VERSION = 1
+#: A loss record by its wire fields, epoch aside: the same record resent has the same one.
+_LossId = tuple[int | None, int | None, int | None, int | None, int | None, str]
+
+
+def _loss_id(loss: Loss) -> _LossId:
+    return (loss.first_seq, loss.last_seq, loss.count, loss.first_ts, loss.last_ts, loss.reason)
 
 
 class IntervalSet:
@@ -108,15 +118,37 @@ class _Stream:
     highest_batch: int = -1
     low: int | None = None
     high: int | None = None
+    #: Loss records reported for this epoch; ``lost`` and ``lost_from`` are what they cover.
+    losses: dict[_LossId, Loss] = field(default_factory=dict)
+    lost: IntervalSet = field(default_factory=IntervalSet)
+    #: The lowest first_seq of an open-ended loss: every seq from it on is accounted for.
+    lost_from: int | None = None
 
     def see(self, lo: int, hi: int) -> None:
         self.low = lo if self.low is None else min(self.low, lo)
         self.high = hi if self.high is None else max(self.high, hi)
 
+    def lose(self, loss: Loss) -> None:
+        """Record a loss; its seqs then count as accounted for, like a gap's."""
+        self.losses[_loss_id(loss)] = loss
+        first, last = loss.first_seq, loss.last_seq
+        if first is None:
+            return  # readings that never got a seq: nothing to cover
+        if last is None:
+            self.lost_from = first if self.lost_from is None else min(self.lost_from, first)
+            self.see(first, first)
+        else:
+            self.lost.add(first, last)
+            self.see(first, last)
+
     def missing(self) -> list[tuple[int, int]]:
         if self.low is None or self.high is None:
             return []
-        return self.delivered.holes(self.dropped, self.low, self.high)
+        high = self.high if self.lost_from is None else min(self.high, self.lost_from - 1)
+        gone = IntervalSet(self.dropped.ranges())
+        for lo, hi in self.lost.ranges():
+            gone.add(lo, hi)
+        return self.delivered.holes(gone, self.low, high)
 
 
 @dataclass
@@ -134,7 +166,10 @@ class Result:
     duplicates: int = 0
     #: Eviction records not reported before.
     gaps: list[Gap] = field(default_factory=list)
-    #: Seq ranges of this epoch neither delivered nor reported dropped, below the highest seen.
+    #: Loss records not reported before, of this epoch or an earlier one (``Loss.key`` is 0).
+    losses: list[Loss] = field(default_factory=list)
+    #: Seq ranges of this epoch neither delivered nor reported dropped or lost, below the
+    #: highest seen.
     missing: list[tuple[int, int]] = field(default_factory=list)
     #: The batch_seq is not above the highest accepted (a resend after a reconnect).
     out_of_order: bool = False
@@ -178,11 +213,15 @@ class Verifier:
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._stats: dict[str, Any] = {
             "batches": 0, "readings": 0, "duplicates": 0, "duplicate_batches": 0,
-            "out_of_order": 0, "gaps": 0, "dropped_by_gap": 0, "rejected": {}}
+            "out_of_order": 0, "gaps": 0, "dropped_by_gap": 0, "rejected": {}, **_LOSS_STATS}
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters; ``rejected`` maps status (replay, bad-signature, ...) to a count."""
+        """Counters; ``rejected`` maps status (replay, bad-signature, ...) to a count.
+
+        ``losses`` counts loss records, ``lost_reported`` the readings they say were lost
+        (records with an unknown count add nothing).
+        """
         return {**self._stats, "rejected": dict(self._stats["rejected"])}
 
     def _reject(self, status: Status, error: str, **info: Any) -> Result:
@@ -221,16 +260,18 @@ class Verifier:
                                           _Stream(low=self.origin))
         new = [(s, r) for s, r in batch.readings if s not in stream.delivered]
         new_gaps = [g for g in batch.gaps if not stream.dropped.covers(g.first_seq, g.last_seq)]
+        new_losses = self._new_losses(batch)
         dupes = len(batch.readings) - len(new)
         late = batch.batch_seq <= stream.highest_batch
-        if not new and not new_gaps and late:
+        fresh = bool(new or new_gaps or new_losses)
+        if not fresh and late:
             self._stats["duplicates"] += dupes
             return self._reject("replay", f"batch {batch.batch_seq} is not above "
                                 f"{stream.highest_batch} and carries nothing new",
                                 duplicates=dupes, missing=stream.missing(), **info)
-        if not new and not new_gaps and batch.readings:
-            # Authentic, with a new batch_seq, all readings already here: the gateway resent
-            # a batch whose acknowledgement it lost. Benign at-least-once delivery.
+        if not fresh and (batch.readings or batch.gaps or batch.losses):
+            # Authentic, with a new batch_seq, everything in it already here: the gateway
+            # resent a batch whose acknowledgement it lost. Benign at-least-once delivery.
             stream.highest_batch = batch.batch_seq
             self._stats["duplicates"] += dupes
             self._stats["duplicate_batches"] += 1
@@ -238,11 +279,32 @@ class Verifier:
             return Result("duplicate", duplicates=dupes, missing=stream.missing(),
                           extra=batch.extra, **info)
         self._commit(stream, batch, new, new_gaps, dupes, late=late)
+        self._commit_losses(batch.gateway_id, new_losses)
         lag = (received_ms - max(r.ts for _s, r in new)
                if received_ms is not None and new else None)
-        return Result("ok", readings=new, duplicates=dupes, gaps=new_gaps,
+        return Result("ok", readings=new, duplicates=dupes, gaps=new_gaps, losses=new_losses,
                       missing=stream.missing(), out_of_order=late, lag_ms=lag,
                       extra=batch.extra, **info)
+
+    def _new_losses(self, batch: Batch) -> list[Loss]:
+        """The batch's loss records not reported before (each once, whatever its epoch)."""
+        out: list[Loss] = []
+        seen: set[tuple[int, _LossId]] = set()
+        for loss in batch.losses:
+            ident = (loss.epoch, _loss_id(loss))
+            stream = self._streams.get((batch.gateway_id, loss.epoch))
+            if ident not in seen and (stream is None or ident[1] not in stream.losses):
+                seen.add(ident)
+                out.append(loss)
+        return out
+
+    def _commit_losses(self, gateway_id: str, losses: list[Loss]) -> None:
+        for loss in losses:
+            # A loss may name an epoch not seen yet (the gateway's first batch after a
+            # damaged database is already in the new epoch): it starts that epoch's state.
+            self._streams.setdefault((gateway_id, loss.epoch), _Stream(low=self.origin)).lose(loss)
+        self._stats["losses"] += len(losses)
+        self._stats["lost_reported"] += sum(loss.count or 0 for loss in losses)
 
     def _commit(self, stream: _Stream, batch: Batch, new: list[tuple[int, Reading]],
                 new_gaps: list[Gap], dupes: int, *, late: bool) -> None:
@@ -261,7 +323,7 @@ class Verifier:
         st["dropped_by_gap"] += sum(g.count for g in new_gaps)
 
     def missing(self, gateway_id: str, epoch: int) -> list[tuple[int, int]]:
-        """Seq ranges of that stream not delivered and not reported dropped."""
+        """Seq ranges of that stream not delivered and not reported dropped or lost."""
         stream = self._streams.get((gateway_id, epoch))
         return stream.missing() if stream is not None else []
 
@@ -269,16 +331,23 @@ class Verifier:
         """The dedup state as JSON-ready data, for :meth:`restore` after a restart."""
         return {"version": _STATE_VERSION, "stats": self.stats, "streams": [
             {"gateway_id": gw, "epoch": ep, "highest_batch": s.highest_batch, "low": s.low,
-             "high": s.high, "delivered": s.delivered.ranges(), "dropped": s.dropped.ranges()}
+             "high": s.high, "delivered": s.delivered.ranges(), "dropped": s.dropped.ranges(),
+             # [first_seq, last_seq, count, first_ts, last_ts, reason], as on the wire
+             "losses": [list(ident) for ident in s.losses]}
             for (gw, ep), s in self._streams.items()]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state` returned (replacing the current state)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"verifier state version {state.get('version')!r} is not supported")
-        self._streams = {
-            (s["gateway_id"], s["epoch"]): _Stream(
-                IntervalSet(map(tuple, s["delivered"])), IntervalSet(map(tuple, s["dropped"])),
-                s["highest_batch"], s["low"], s["high"])
-            for s in state["streams"]}
-        self._stats = {**state["stats"], "rejected": dict(state["stats"]["rejected"])}
+        streams = {}
+        for s in state["streams"]:
+            stream = _Stream(IntervalSet(map(tuple, s["delivered"])),
+                             IntervalSet(map(tuple, s["dropped"])), s["highest_batch"], s["low"],
+                             s["high"])
+            for item in s.get("losses", ()):  # absent in state saved before loss records
+                stream.lose(Loss(s["epoch"], *item))
+            streams[s["gateway_id"], s["epoch"]] = stream
+        self._streams = streams
+        self._stats = {**_LOSS_STATS, **state["stats"],
+                       "rejected": dict(state["stats"]["rejected"])}

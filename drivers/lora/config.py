@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any, Literal
 
-from drivers.api import Duration, option
+from drivers.api import ByteSize, Duration, option
 from drivers.serial.config import FramingConfig
 
 __all__ = ["DeviceConfig", "FieldConfig", "ForwarderConfig", "ModemConfig"]
@@ -130,6 +130,10 @@ class ForwarderConfig:
                                minimum=1.0)
     max_fcnt_gap: int = option(16384, doc="frames further ahead are dropped (MAX_FCNT_GAP)",
                                minimum=1, maximum=32768)
+    # SO_RCVBUF is a C int; the kernel caps it at net.core.rmem_max anyway (socket(7)).
+    rcvbuf: ByteSize | None = option(
+        None, doc="UDP receive buffer to ask for (SO_RCVBUF; default: net.core.rmem_default)",
+        minimum=4096, maximum=1024**3)
     devices: list[DeviceConfig] = option(doc="the sensors to serve", factory=list)
 
     def validate(self) -> list[tuple[str, str]]:

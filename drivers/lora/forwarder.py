@@ -16,7 +16,15 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from drivers.api import Backoff, DeviceHealth, Driver, DriverContext, SimulatedSetup, Sink
+from drivers.api import (
+    Backoff,
+    DeviceHealth,
+    Driver,
+    DriverContext,
+    SimulatedSetup,
+    Sink,
+    UdpDrops,
+)
 from drivers.lora import gwmp
 from drivers.lora.config import ForwarderConfig
 from drivers.lora.gwmp import GwmpError, Kind, Message, RxPacket
@@ -80,6 +88,8 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
         self._gateways: dict[str, dict[str, Any]] = {}
         self._heard = time.monotonic()
         self._link = DeviceHealth("packet forwarder", context.logger)
+        #: Kernel receive drops of the socket (``udp_drops``) and its SO_RCVBUF.
+        self.udp = UdpDrops(context.health, context.logger, rcvbuf=config.rcvbuf)
         self.health.extra["concentrator"] = self._gateways
         self.health.extra["forwarder"] = self._link.snapshot()
 
@@ -97,6 +107,10 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
                                                         f"{self.context.instance}].uplinks")
                 tg.create_task(self._watch(), name=f"streetgate[{self.name}:"
                                                    f"{self.context.instance}].watch")
+                # asyncio's transport reads with recvfrom, which drops SO_RXQ_OVFL's
+                # ancillary data: the count comes from /proc/net/udp instead.
+                tg.create_task(self.udp.watch(), name=f"streetgate[{self.name}:"
+                                                      f"{self.context.instance}].udp")
         finally:
             transport.close()
 
@@ -113,7 +127,9 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
                 self.health.extra["forwarder"] = self._link.snapshot()
                 await backoff.sleep()
                 continue
-            self.bound = transport.get_extra_info("sockname")[:2]
+            bound = transport.get_extra_info("sockname")[:2]
+            self.udp.attach(transport.get_extra_info("socket"), "{}:{}".format(*bound))
+            self.bound = bound
             self.log.info("listening for the packet forwarder on %s:%s", *self.bound)
             self._heard = time.monotonic()
             return transport

@@ -73,7 +73,7 @@ def _max_committed_seq(db: Path) -> int:
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        row = con.execute("SELECT max(seq) FROM readings").fetchone()
+        row = con.execute("SELECT max(hi) FROM chunks").fetchone()
     finally:
         con.close()
     return int(row[0] or 0)

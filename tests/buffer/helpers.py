@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,17 @@ BASE_TS = 1_700_000_000_000
 
 
 def readings(n: int, *, start: int = 0, points: int = 10, unit: str | None = "V",
-             payload: bytes | None = None) -> list[Reading]:
-    """``n`` readings whose ts is ``BASE_TS + index`` (index counted from ``start``)."""
+             payload: bytes | None = None, noisy: bool = False) -> list[Reading]:
+    """``n`` readings whose ts is ``BASE_TS + index`` (index counted from ``start``).
+
+    ``noisy`` makes each value 24 random bytes (seeded by the index), which the buffer's
+    compression cannot shrink: for tests that must fill a file.
+    """
     out = []
     for i in range(start, start + n):
         value: float | bytes = payload if payload is not None else i * 0.5
+        if noisy:
+            value = random.Random(i).randbytes(24)
         out.append(Reading(f"cab-1/dev-{i % points:03d}/v", BASE_TS + i, value, Quality.GOOD, unit))
     return out
 
@@ -42,7 +49,8 @@ def stored_seqs(path: Path) -> list[int]:
     """Seqs in the file, read with a separate plain connection."""
     conn = sqlite3.connect(path)
     try:
-        return [s for (s,) in conn.execute("SELECT seq FROM readings ORDER BY seq")]
+        spans = conn.execute("SELECT lo, hi FROM chunks ORDER BY base").fetchall()
+        return [s for lo, hi in spans for s in range(lo, hi + 1)]
     finally:
         conn.close()
 

@@ -205,3 +205,52 @@ def test_reporter_publishes_on_change_and_interval(tmp_path: Path) -> None:
                          "uplink connected; buffer 0; devices 1/2 ok"]
     assert read_status(path)["uplink"]["state"] == "connected"
     assert rep.current["gateway"] == "g"
+
+
+def _degraded_health() -> dict[str, Any]:
+    board = HealthBoard(logging.getLogger("streetgate.driver.lora_forwarder.lora"))
+    board.count("datagrams", 12)
+    board.count("udp_drops", 3851)
+    board.degrade("udp_drops", "kernel drops datagrams on UDP 127.0.0.1:1700: receive buffer full")
+    board.degraded["udp_drops"]["since"] = NOW - 65
+    board.extra["udp"] = {"rcvbuf": 425984, "rcvbuf_requested": 4194304, "rmem_max": 212992,
+                          "drops": 3851, "queued": 0, "source": "proc"}
+    return board.snapshot()
+
+
+def test_degraded_driver_shows_in_problems_render_and_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _doc(tmp_path, drivers={"lora": _degraded_health()},
+               driver_kinds={"lora": "lora_forwarder"})
+    assert doc["problems"] == ["lora degraded (udp_drops)"]
+    assert doc["drivers"]["lora"]["degraded"] == ["udp_drops"]
+    lines = render(doc, now=NOW).splitlines()
+    assert lines[1] == "health   DEGRADED: lora degraded (udp_drops)"
+    assert lines[6].split() == ["lora_forwarder:lora", "OK", "DEGRADED", "0", "device(s)"]
+    assert lines[7].split()[:4] == ["udp_drops", "DEGRADED", "for", "1m"]
+    assert lines[8].strip() == "kernel drops datagrams on UDP 127.0.0.1:1700: receive buffer full"
+    assert lines[9].split() == ["udp", "socket", "rcvbuf", "425984", "B", "(asked", "4194304)",
+                                "kernel", "drops", "3851"]
+    assert lines[10].split() == ["counters", "datagrams", "12", "udp_drops", "3851"]
+    assert max(len(line) for line in lines) <= 100
+    path = tmp_path / "status.json"
+    write_status_file(path, doc)
+    assert _cli(["status", "--file", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["drivers"]["lora"]["health"]
+    assert shown["counters"]["udp_drops"] == 3851
+    assert shown["state"] == "degraded"
+    assert shown["udp"]["rcvbuf"] == 425984
+
+
+def test_counters_wrap_at_a_console_width() -> None:
+    board = HealthBoard(logging.getLogger("t"))
+    for i in range(30):
+        board.count(f"counter_number_{i:02d}", i + 1)
+    doc = build_status(gateway_id="g", version="0", boot_id="b", started=NOW, now=NOW,
+                       drivers={"x": board.snapshot()}, uplink={"state": "connected"})
+    lines = render(doc, now=NOW).splitlines()
+    wrapped = [line for line in lines if "counter_number_" in line]
+    assert len(wrapped) > 1
+    assert max(len(line) for line in lines) <= 100
+    assert sum(line.count("counter_number_") for line in wrapped) == 30
+    assert doc["problems"] == []

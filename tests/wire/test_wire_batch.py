@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffer.types import Gap, Row
+from buffer.types import Gap, Loss, Row
 from drivers.api import Quality
 from gateway.batch import FORMAT_VERSION, MAX_READINGS, BatchFormatError, decode_batch, encode_batch
 from gateway.cose import kid_for, sign1
@@ -279,6 +279,7 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 _RICH_DOC: dict[int, Any] = cbor2.loads(encode_batch(
     gateway_id="g", epoch=1, batch_seq=1, gaps=[Gap(1, 2, 2, 0, 1, ("a",))],
+    losses=[Loss(0, 3, None, None, 0, None, "moved-aside"), Loss(1, None, None, 2, 5, 6, "r")],
     rows=[(10, "a/b", "V", 5, 1.25, 0), (11, "a/b", "V", 6, None, 1), (12, "a/c", None, 5, 7, 0),
           (13, "a/c", None, 6, 9, 6), (14, "a/d", None, 5, True, 0)]))
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from buffer.types import Loss
 from drivers.api import Quality, Reading
 from gateway.senml import SenMLError, senml_json, senml_records
 
@@ -73,3 +74,26 @@ def test_names_outside_rfc8428_charset_are_refused(point: str) -> None:
     gateway = "gw" if not point.startswith("_") else ""
     with pytest.raises(SenMLError, match="RFC 8428"):
         senml_records(gateway, [Reading(point, TS, 1)])
+
+
+def test_loss_records_say_what_was_lost_with_must_understand_fields() -> None:
+    losses = [Loss(2**62 + 1, 90, 100, 11, TS, TS + 5000, "history-lost"),
+              Loss(7, 101, None, None, TS, None, "moved-aside"),
+              Loss(8, None, None, None, None, None, "unclean-stop")]
+    recs = senml_records("gw", [Reading("m/a", TS, 1.5)], losses=losses)
+    assert recs[0] == {"bn": "gw/", "n": "m/a", "t": TS / 1000, "v": 1.5}
+    assert recs[1] == {"loss_": "history-lost", "ep_": str(2**62 + 1), "fs_": 90, "ls_": 100,
+                       "v": 11, "t": TS / 1000, "et_": (TS + 5000) / 1000}
+    assert recs[2] == {"loss_": "moved-aside", "ep_": "7", "fs_": 101, "t": TS / 1000}  # open
+    assert recs[3] == {"loss_": "unclean-stop", "ep_": "8"}  # no seq, nothing else known
+    assert all(k.endswith("_") for r in recs[1:] for k in r if k not in {"v", "t"})
+
+
+def test_a_pack_of_losses_only_carries_the_base_name_and_plain_mode_drops_them() -> None:
+    loss = Loss(3, None, None, 4, TS, TS, "exit-unwritten")
+    recs = json.loads(senml_json("cab-1", [], losses=[loss]))
+    assert recs == [{"bn": "cab-1/", "loss_": "exit-unwritten", "ep_": "3", "v": 4,
+                     "t": TS / 1000, "et_": TS / 1000}]
+    assert senml_records("cab-1", [], losses=[loss], include_bad=False) == []
+    with pytest.raises(SenMLError, match="RFC 8428"):
+        senml_records("cab 1", [], losses=[loss])

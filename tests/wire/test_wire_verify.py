@@ -1,4 +1,4 @@
-"""The verifier: each reading exactly once, replays refused, gaps and holes reported."""
+"""The verifier: each reading exactly once, replays refused, gaps, losses and holes reported."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffer.types import Gap, Row
+from buffer.types import Gap, Loss, Row
 from gateway.batch import encode_batch
 from gateway.cose import kid_for, sign1
 from gateway.verify import IntervalSet, Verifier
@@ -22,9 +22,10 @@ KID = kid_for(KEY.public_key())
 
 
 def message(rows: list[Row], batch_seq: int, *, epoch: int = 1, gaps: tuple[Gap, ...] = (),
-            gateway_id: str = GATEWAY_ID, key: Ed25519PrivateKey = KEY) -> bytes:
+            losses: tuple[Loss, ...] = (), gateway_id: str = GATEWAY_ID,
+            key: Ed25519PrivateKey = KEY) -> bytes:
     payload = encode_batch(gateway_id=gateway_id, epoch=epoch, batch_seq=batch_seq, rows=rows,
-                           gaps=gaps)
+                           gaps=gaps, losses=losses)
     return sign1(payload, key, kid_for(key.public_key()))
 
 
@@ -192,3 +193,126 @@ def test_interval_set_matches_a_plain_set(ranges: list[tuple[int, int]]) -> None
     assert all(b + 1 < c for (_a, b), (c, _d) in itertools.pairwise(spans))
     holes = intervals.holes(IntervalSet(), 0, 70)
     assert {v for a, b in holes for v in range(a, b + 1)} == set(range(71)) - model
+
+
+# ---------------------------------------------------------------- loss records (key 11)
+
+
+def lost(epoch: int, first: int | None, last: int | None, count: int | None = None,
+         reason: str = "power-loss") -> Loss:
+    return Loss(epoch, first, last, count, 1_733_000_000_000, 1_733_000_001_000, reason)
+
+
+def test_a_loss_with_an_exact_range_fills_the_hole(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1))
+    assert verifier.feed(message(ROWS[20:30], 2)).missing == [(11, 20)]
+    loss = lost(1, 12, 18, 7)
+    res = verifier.feed(message(ROWS[30:35], 3, losses=(loss,)))
+    assert (res.status, res.losses) == ("ok", [loss])
+    assert res.missing == [(11, 11), (19, 20)]
+    assert verifier.stats["losses"] == 1
+    assert verifier.stats["lost_reported"] == 7
+    assert verifier.stats["dropped_by_gap"] == 0
+
+
+def test_an_open_ended_loss_covers_seqs_above_the_highest_seen(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1))
+    verifier.feed(message(ROWS[20:30], 2))
+    res = verifier.feed(message([], 3, losses=(lost(1, 15, None),)))
+    assert res.missing == [(11, 14)]  # 15 on: accounted for, however high
+    res = verifier.feed(message(ROWS[50:60], 4))  # later seqs still arrive and are delivered
+    assert seqs(res) == list(range(51, 61))
+    assert res.missing == [(11, 14)]
+    verifier.feed(message(ROWS[10:14], 5))
+    assert verifier.missing(GATEWAY_ID, 1) == []
+
+
+def test_an_open_ended_loss_keeps_the_holes_below_it(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1))
+    res = verifier.feed(message([], 2, losses=(lost(1, 41, None),)))
+    assert res.missing == [(11, 40)]  # 11-40 were still in the gateway's buffer: in flight
+
+
+def test_a_loss_of_an_older_epoch_fills_that_epochs_holes(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1, epoch=1))
+    verifier.feed(message(ROWS[20:30], 2, epoch=1))
+    assert verifier.missing(GATEWAY_ID, 1) == [(11, 20)]
+    # The database was moved aside: the new epoch's first batch reports what the old one lost.
+    res = verifier.feed(message(ROWS[:5], 1, epoch=2, losses=(lost(1, 11, None, None,
+                                                                    "moved-aside"),)))
+    assert (res.status, res.epoch, len(res.readings)) == ("ok", 2, 5)
+    assert [x.epoch for x in res.losses] == [1]
+    assert res.missing == []
+    assert verifier.missing(GATEWAY_ID, 1) == []
+    assert verifier.feed(message(ROWS[20:30], 2, epoch=1)).status == "replay"  # old state kept
+
+
+def test_a_loss_for_an_epoch_not_seen_yet_starts_its_state() -> None:
+    verifier = Verifier({KID: KEY.public_key()}, origin=1)
+    res = verifier.feed(message(ROWS[:5], 1, epoch=2, losses=(lost(1, 30, 40, 11),)))
+    assert res.losses == [lost(1, 30, 40, 11)]
+    assert verifier.missing(GATEWAY_ID, 1) == [(1, 29)]  # origin 1: 1-29 not received yet
+    assert seqs(verifier.feed(message(ROWS[:29], 1, epoch=1))) == list(range(1, 30))
+    assert verifier.missing(GATEWAY_ID, 1) == []
+
+
+def test_a_resent_loss_is_reported_and_counted_once(verifier: Verifier) -> None:
+    loss = lost(1, 5, 9, 5)
+    first = verifier.feed(message(ROWS[10:20], 1, losses=(loss, loss)))
+    assert first.losses == [loss]  # twice in one batch is still one record
+    res = verifier.feed(message(ROWS[20:30], 2, losses=(loss,)))
+    assert (res.status, res.losses, seqs(res)) == ("ok", [], list(range(21, 31)))
+    assert (verifier.stats["losses"], verifier.stats["lost_reported"]) == (1, 5)
+    other = lost(1, 5, 9, 5, reason="unclean-stop")  # same range, another record
+    assert verifier.feed(message([], 3, losses=(other,))).losses == [other]
+    assert (verifier.stats["losses"], verifier.stats["lost_reported"]) == (2, 10)
+
+
+def test_a_loss_only_batch_is_ok_and_its_resend_a_duplicate(verifier: Verifier) -> None:
+    losses = (lost(1, None, None, 3, "exit-unwritten"), lost(1, None, None, None, "unclean-stop"))
+    msg = message([], 1, losses=losses)
+    res = verifier.feed(msg)
+    assert (res.status, res.readings, res.losses, res.missing) == ("ok", [], list(losses), [])
+    assert (verifier.stats["losses"], verifier.stats["lost_reported"]) == (2, 3)
+    resent = verifier.feed(message([], 2, losses=losses))  # acknowledgement lost, sent again
+    assert (resent.status, resent.losses, resent.rejected) == ("duplicate", [], False)
+    assert verifier.feed(msg).status == "replay"
+    assert verifier.stats["losses"] == 2
+
+
+def test_loss_coverage_survives_a_restart_through_json(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1))
+    verifier.feed(message(ROWS[20:30], 2, losses=(lost(1, 11, 15, 5), lost(1, 40, None))))
+    assert verifier.missing(GATEWAY_ID, 1) == [(16, 20), (31, 39)]
+    saved = json.loads(json.dumps(verifier.state()))
+    again = Verifier({KID: KEY.public_key()})
+    again.restore(saved)
+    assert again.missing(GATEWAY_ID, 1) == [(16, 20), (31, 39)]
+    assert (again.stats["losses"], again.stats["lost_reported"]) == (2, 5)
+    res = again.feed(message(ROWS[30:35] + ROWS[60:70], 3, losses=(lost(1, 11, 15, 5),)))
+    assert res.losses == []  # known before the restart
+    assert res.missing == [(16, 20), (36, 39)]  # nothing from 40 on, though 61-70 came
+    assert again.stats["losses"] == 2
+
+
+def test_state_saved_before_loss_records_still_restores(verifier: Verifier) -> None:
+    verifier.feed(message(ROWS[:10], 1))
+    verifier.feed(message(ROWS[20:30], 2))
+    old = json.loads(json.dumps(verifier.state()))
+    for stream in old["streams"]:
+        del stream["losses"]
+    del old["stats"]["losses"], old["stats"]["lost_reported"]
+    again = Verifier({KID: KEY.public_key()})
+    again.restore(old)
+    assert again.missing(GATEWAY_ID, 1) == [(11, 20)]
+    assert (again.stats["losses"], again.stats["lost_reported"]) == (0, 0)
+    res = again.feed(message([], 3, losses=(lost(1, 11, 20, 10),)))
+    assert (res.status, res.missing, again.stats["lost_reported"]) == ("ok", [], 10)
+
+
+def test_a_resent_gap_only_batch_is_a_duplicate(verifier: Verifier) -> None:
+    gap = Gap(1, 9, 9, 0, 1)
+    assert verifier.feed(message([], 1, gaps=(gap,))).gaps == [gap]
+    res = verifier.feed(message([], 2, gaps=(gap,)))
+    assert (res.status, res.gaps) == ("duplicate", [])
+    assert verifier.stats["gaps"] == 1

@@ -149,3 +149,15 @@ def test_streetgate_check_masks_keys(tmp_path: Path, capsys: pytest.CaptureFixtu
     for dev in example()["drivers"]["lora_forwarder"][0]["devices"]:
         assert dev["nwk_skey"] not in out
         assert dev["app_skey"] not in out
+
+
+def test_rcvbuf_is_a_byte_size_within_bounds() -> None:
+    assert parse(LoraForwarderDriver, {}).rcvbuf is None
+    assert parse(LoraForwarderDriver, {"rcvbuf": "4MiB"}).rcvbuf == 4 * 1024 * 1024
+    assert parse(LoraForwarderDriver, {"rcvbuf": 65536}).rcvbuf == 65536
+    assert issues(LoraForwarderDriver, {"rcvbuf": "1kB"}) == [
+        "gateway.toml: drivers.x[0].rcvbuf: expected at least 4096; got 1000"]
+    assert issues(LoraForwarderDriver, {"rcvbuf": "2GiB"}) == [
+        "gateway.toml: drivers.x[0].rcvbuf: expected at most 1073741824; got 2147483648"]
+    assert issues(LoraForwarderDriver, {"rcvbuf": "lots"})[0].endswith(
+        'expected a size such as 1048576, "512KiB", "64MiB", "1GB"; got "lots"')

@@ -1,0 +1,115 @@
+"""Opening against the anchor: tell a database that lost history, and what to report.
+
+Cases, decided once per open (docs/DESIGN-NOTES.md, "The anchor"):
+
+* no anchor file: first start, or a buffer from before the anchor existed: the database is
+  trusted as it is;
+* the database knows every seq the anchor says has left the gateway, in the same epoch: it is
+  intact. If the last run did not stop cleanly, what it held in memory is lost (and after a
+  reboot, what was written but not yet synced): one loss record with the time range;
+* otherwise (the database came back with fewer seqs, another epoch, a fresh file after a
+  corrupt one was moved aside, or the anchor itself is unreadable): its history is lost. The
+  old epoch gets an open-ended loss record from the first seq not known delivered, and the
+  buffer continues in a new epoch; readings that survived in the file are renumbered into it
+  and sent again (the platform may therefore see some of them twice, once in each epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from buffer._anchor import AnchorState
+from buffer.types import Loss
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["Verdict", "judge", "renumber"]
+
+log = logging.getLogger("streetgate.buffer")
+
+_PARK = 2**62
+
+
+class Verdict:
+    """What the open decided: the state to write, the next seq, and whether to renumber."""
+
+    def __init__(self, state: AnchorState, *, new_epoch: bool, next_seq: int) -> None:
+        self.state = state
+        self.new_epoch = new_epoch
+        self.next_seq = next_seq
+
+
+def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fresh: bool,
+          moved_aside: bool, batch_next: int, lowest: int, newest_ts: int | None,
+          boot: str) -> Verdict:
+    """Compare the anchor with the database as opened (see the module docstring)."""
+    now = time.time_ns() // 1_000_000
+    if a is None and not existed:
+        acked = lowest - 1
+        state = AnchorState(epoch=epoch, seq_left=db_hwm, acked=acked,
+                            batch_reserved=batch_next, last_ts=newest_ts, clean=True)
+        return Verdict(state, new_epoch=False, next_seq=db_hwm + 1)
+    if a is not None and a.epoch == epoch and db_hwm >= a.seq_left:
+        if not a.clean:
+            power = bool(a.boot_id and boot and a.boot_id != boot)
+            since = max((t for t in (a.last_ts, newest_ts) if t is not None), default=None)
+            a.add_loss(Loss(epoch, None, None, None, since, now,
+                            "power-loss" if power else "unclean-stop"))
+        return Verdict(a, new_epoch=False, next_seq=max(db_hwm, a.seq_left, a.seq_floor) + 1)
+    # History lost.
+    if a is None:
+        log.error("buffer anchor is unreadable: cannot tell which seqs left the gateway, so the"
+                  " buffer starts a new epoch")
+        old = AnchorState(epoch=epoch, acked=lowest - 1)
+        reason = "history-lost"
+    else:
+        old = a
+        reason = "moved-aside" if moved_aside and fresh else "history-lost"
+        log.error("buffer lost history (epoch %d: %s; the database knows seqs up to %d, %d had"
+                  " left the gateway): starting a new epoch and reporting seqs from %d on as"
+                  " lost", a.epoch, "moved aside" if reason == "moved-aside" else
+                  ("another epoch" if a.epoch != epoch else "fewer seqs"), db_hwm, a.seq_left,
+                  a.acked + 1)
+    state = AnchorState(epoch=epoch if fresh and old.epoch != epoch else _new_epoch(old.epoch),
+                        losses=list(old.losses), next_loss_key=old.next_loss_key)
+    state.add_loss(Loss(old.epoch, old.acked + 1, None, None, None, now, reason))
+    return Verdict(state, new_epoch=state.epoch != epoch, next_seq=1)
+
+
+def _new_epoch(avoid: int) -> int:
+    while True:
+        e = secrets.randbits(63) or 1
+        if e != avoid:
+            return e
+
+
+def renumber(conn: sqlite3.Connection, epoch: int, acked: int) -> int:
+    """Inside a transaction: what survived goes to ``epoch`` with seqs from 1; returns the shift.
+
+    Chunks and gaps at or below ``acked`` were delivered and go; the rest keep their order and
+    spacing.
+    """
+    conn.execute("DELETE FROM chunks WHERE hi <= ?", (acked,))
+    conn.execute("UPDATE chunks SET lo = ? WHERE lo <= ?", (acked + 1, acked))
+    conn.execute("DELETE FROM gaps WHERE last_seq <= ?", (acked,))
+    row = conn.execute("SELECT min(lo) FROM chunks").fetchone()
+    gap = conn.execute("SELECT min(first_seq) FROM gaps").fetchone()
+    lowest = min([v for v in (row[0], gap[0]) if v is not None], default=None)
+    shift = 0 if lowest is None else lowest - 1
+    # Two steps through keys above all others: a primary key moved down must not meet one not
+    # moved yet.
+    conn.execute("UPDATE chunks SET id = id + ?", (_PARK,))
+    conn.execute("UPDATE chunks SET id = id - ?1 - ?2, base = base - ?2, lo = lo - ?2,"
+                 " hi = hi - ?2", (_PARK, shift))
+    conn.execute("UPDATE gaps SET first_seq = first_seq + ?", (_PARK,))
+    conn.execute("UPDATE gaps SET first_seq = first_seq - ?1 - ?2, last_seq = last_seq - ?2",
+                 (_PARK, shift))
+    top = conn.execute("SELECT max(hi) FROM chunks").fetchone()[0] or 0
+    top_gap = conn.execute("SELECT max(last_seq) FROM gaps").fetchone()[0] or 0
+    conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                     [(epoch, "epoch"), (max(top, top_gap), "seq_hwm"), (1, "batch_seq_next")])
+    return shift
