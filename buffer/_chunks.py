@@ -66,11 +66,11 @@ def pack(batch: Sequence[Reading], ids: Mapping[tuple[str, str | None], int],
                 for p, r in zip(pids, batch, strict=True)]
     ts = [r[1] for r in batch]
     types = set(map(type, ts))
-    if types != _INT:
-        # A float timestamp is kept (it travels as MALFORMED: the reading existed); anything
-        # else is refused.
-        if not types <= _TS_TYPES or not all(_I64_MIN <= t <= _I64_MAX for t in ts):
-            raise TypeError("a timestamp is not a number in range")
+    # A float timestamp is kept (it travels as MALFORMED: the reading existed); anything else
+    # is refused.
+    if types != _INT and (not types <= _TS_TYPES
+                          or not all(_I64_MIN <= t <= _I64_MAX for t in ts)):
+        raise TypeError("a timestamp is not a number in range")
     lo, hi = min(ts), max(ts)
     if lo < _I64_MIN or hi > _I64_MAX:
         raise ValueError("a timestamp is out of range")
