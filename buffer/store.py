@@ -196,6 +196,9 @@ class Store:
         self._batch_next = self._batch_reserved = a.batch_reserved
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fsyncs all that survived
         self._synced_seq = self._next_seq - 1
+        #: Newest reading ts known to be on the medium: the lower bound of what a power cut
+        #: can take, so only this goes into the anchor.
+        self._synced_ts = self._last_ts
         a.clean = False
         a.boot_id = boot_id()
         a.seq_left = max(a.seq_left, 0)
@@ -330,6 +333,7 @@ class Store:
         self._gaps = gaps
         if self.synchronous == "full":
             self._synced_seq = self._next_seq - 1
+            self._synced_ts = last_ts
         return len(batch)
 
     # -- reading -------------------------------------------------------------------------
@@ -417,6 +421,7 @@ class Store:
             with durable(self._conn, self.synchronous):
                 self._conn.execute(_SEQ_HWM, (top,))
             self._synced_seq = top
+            self._synced_ts = self._last_ts
         if upto > self._a.seq_left:
             self._a.seq_left = top
             self._write_anchor()
@@ -424,7 +429,8 @@ class Store:
     def _write_anchor(self) -> None:
         a = self._a
         a.acked = max(a.acked, self._lowest() - 1)
-        a.last_ts = self._last_ts
+        if self.synchronous != "off":
+            a.last_ts = self._synced_ts
         self._anchor.write(a)
 
     def ack(self, lease: Lease) -> None:
@@ -661,6 +667,7 @@ class Store:
             try:
                 with durable(self._conn, self.synchronous):
                     self._conn.execute(_SEQ_HWM, (self._next_seq - 1,))
+                self._synced_ts = self._last_ts
             except sqlite3.Error as exc:
                 log.warning("buffer %s: final sync failed: %s", self.path, exc)
             if not self.disk_full:
