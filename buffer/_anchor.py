@@ -7,9 +7,12 @@ file never needs a new block: it is allocated once, when it is created, and over
 place afterwards, which also works on a full disk (a rename-based write would need a free
 block for the new file). It holds:
 
-* ``epoch`` and ``seq_left``: the epoch, and the highest seq that has left the gateway in a
-  lease. It is written (and synced) before the lease leaves, so a database that comes back
-  knowing fewer seqs than that has lost history and must not hand those seqs out again;
+* ``epoch``, ``seq_left`` and ``seq_reserved``: before a lease hands out a seq above
+  ``seq_reserved``, the anchor is written (and synced) with ``seq_left`` = every seq committed
+  so far and ``seq_reserved`` a block above it, so leases up to the reservation need no write.
+  A database that comes back knowing fewer seqs than ``seq_left`` has lost history (new
+  epoch); after an unclean stop, seqs up to ``seq_reserved`` may have left, so they are never
+  handed out again (the next start skips past them and reports the range);
 * ``acked``: every seq up to it was delivered or dropped into a gap (written lazily, so it
   may lag; it only bounds a loss record);
 * ``batch_reserved``: batch seqs below it may have been used;
@@ -22,8 +25,9 @@ block for the new file). It holds:
 
 The anchor lives on the same card as the database: it guards against a database that loses
 part of its history (a WAL that does not replay, a file restored from a copy, a file moved
-aside), not against losing the whole card. It is written a few times per second at most (once
-per lease that carries new seqs, once per 1000 batch seqs), not per reading.
+aside), not against losing the whole card. It is written when a lease passes the seq
+reservation (sized to last at least ten seconds), once per 1000 batch seqs, when a loss record
+is acknowledged and at a clean stop: rarely, and never per reading.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def boot_id() -> str:
 class AnchorState:
     epoch: int
     seq_left: int = 0
+    seq_reserved: int = 0
     acked: int = 0
     batch_reserved: int = 1
     seq_floor: int = 0

@@ -33,7 +33,7 @@ _MAX_SEQ = 2**63 - 1
 _ROUNDS = 16
 # Chunks wholly inside [a, b]; id <= lo < id + CHUNK_MAX keeps this on the primary key.
 _WHOLE = ("SELECT id, base, lo, hi, data FROM chunks WHERE id BETWEEN ? AND ? AND lo >= ?"
-          " AND hi <= ? ORDER BY id {} LIMIT ?")
+          " AND hi <= ? AND lo <= hi ORDER BY id {} LIMIT ?")
 
 
 class Cap:

@@ -50,16 +50,24 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
     now = time.time_ns() // 1_000_000
     if a is None and not existed:
         acked = lowest - 1
-        state = AnchorState(epoch=epoch, seq_left=db_hwm, acked=acked,
+        state = AnchorState(epoch=epoch, seq_left=db_hwm, seq_reserved=db_hwm, acked=acked,
                             batch_reserved=batch_next, last_ts=newest_ts, clean=True)
         return Verdict(state, new_epoch=False, next_seq=db_hwm + 1)
     if a is not None and a.epoch == epoch and db_hwm >= a.seq_left:
+        top = max(db_hwm, a.seq_floor)
         if not a.clean:
+            # Lost: what was queued in memory (no seq yet), and after a reboot what was written
+            # but not synced. Seqs above what the database knows, up to the reservation, may
+            # have left with readings the database no longer has: skipped and named.
             power = bool(a.boot_id and boot and a.boot_id != boot)
             since = max((t for t in (a.last_ts, newest_ts) if t is not None), default=None)
-            a.add_loss(Loss(epoch, None, None, None, since, now,
-                            "power-loss" if power else "unclean-stop"))
-        return Verdict(a, new_epoch=False, next_seq=max(db_hwm, a.seq_left, a.seq_floor) + 1)
+            reason = "power-loss" if power else "unclean-stop"
+            a.add_loss(Loss(epoch, None, None, None, since, now, reason))
+            if a.seq_reserved > top:
+                a.add_loss(Loss(epoch, top + 1, a.seq_reserved, None, since, now, reason))
+                top = a.seq_reserved
+        a.seq_left = a.seq_reserved = top
+        return Verdict(a, new_epoch=False, next_seq=top + 1)
     # History lost.
     if a is None:
         log.error("buffer anchor is unreadable: cannot tell which seqs left the gateway, so the"
@@ -87,29 +95,33 @@ def _new_epoch(avoid: int) -> int:
             return e
 
 
-def renumber(conn: sqlite3.Connection, epoch: int, acked: int) -> int:
-    """Inside a transaction: what survived goes to ``epoch`` with seqs from 1; returns the shift.
+def renumber(conn: sqlite3.Connection, epoch: int, acked: int) -> None:
+    """Inside a transaction: what survived goes to ``epoch`` with dense seqs from 1.
 
     Chunks and gaps at or below ``acked`` were delivered and go; the rest keep their order and
-    spacing.
+    are numbered without holes (a seq acked out of order before the damage would otherwise
+    leave a hole in the new epoch that no record explains).
     """
-    conn.execute("DELETE FROM chunks WHERE hi <= ?", (acked,))
+    conn.execute("DELETE FROM chunks WHERE hi <= ? OR lo > hi", (acked,))
     conn.execute("UPDATE chunks SET lo = ? WHERE lo <= ?", (acked + 1, acked))
     conn.execute("DELETE FROM gaps WHERE last_seq <= ?", (acked,))
-    row = conn.execute("SELECT min(lo) FROM chunks").fetchone()
-    gap = conn.execute("SELECT min(first_seq) FROM gaps").fetchone()
-    lowest = min([v for v in (row[0], gap[0]) if v is not None], default=None)
-    shift = 0 if lowest is None else lowest - 1
-    # Two steps through keys above all others: a primary key moved down must not meet one not
-    # moved yet.
+    chunks = conn.execute("SELECT id, lo, hi FROM chunks").fetchall()
+    gaps = conn.execute("SELECT first_seq, last_seq FROM gaps").fetchall()
+    items = sorted([(lo, hi, "c", cid) for cid, lo, hi in chunks]
+                   + [(lo, hi, "g", lo) for lo, hi in gaps])
+    # Park every key above all others first: a key moved down must not meet one not moved yet.
     conn.execute("UPDATE chunks SET id = id + ?", (_PARK,))
-    conn.execute("UPDATE chunks SET id = id - ?1 - ?2, base = base - ?2, lo = lo - ?2,"
-                 " hi = hi - ?2", (_PARK, shift))
     conn.execute("UPDATE gaps SET first_seq = first_seq + ?", (_PARK,))
-    conn.execute("UPDATE gaps SET first_seq = first_seq - ?1 - ?2, last_seq = last_seq - ?2",
-                 (_PARK, shift))
-    top = conn.execute("SELECT max(hi) FROM chunks").fetchone()[0] or 0
-    top_gap = conn.execute("SELECT max(last_seq) FROM gaps").fetchone()[0] or 0
+    nxt = 1
+    for lo, hi, kind, key in items:
+        shift = lo - nxt
+        if kind == "c":
+            # The row's id becomes its new lo: ids stay within CHUNK_MAX below lo.
+            conn.execute("UPDATE chunks SET id = ?1, base = base - ?2, lo = lo - ?2,"
+                         " hi = hi - ?2 WHERE id = ?3", (nxt, shift, key + _PARK))
+        else:
+            conn.execute("UPDATE gaps SET first_seq = ?1, last_seq = last_seq - ?2"
+                         " WHERE first_seq = ?3", (nxt, shift, key + _PARK))
+        nxt += hi - lo + 1
     conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                     [(epoch, "epoch"), (max(top, top_gap), "seq_hwm"), (1, "batch_seq_next")])
-    return shift
+                     [(epoch, "epoch"), (nxt - 1, "seq_hwm"), (1, "batch_seq_next")])

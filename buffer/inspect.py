@@ -30,7 +30,7 @@ def inspect_buffer(path: Path) -> dict[str, Any]:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         query = (_V1_DEPTH if version == 1 else
-                 "SELECT ifnull(sum(hi - lo + 1), 0), min(ts_min) FROM chunks")
+                 "SELECT ifnull(sum(hi - lo + 1), 0), min(ts_min) FROM chunks WHERE lo <= hi")
         depth, oldest = conn.execute(query).fetchone()
         gaps, dropped = conn.execute(
             "SELECT count(*), coalesce(sum(count), 0) FROM gaps").fetchone()

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -47,7 +49,6 @@ from buffer._reserve import Reserve, free_bytes
 from buffer.types import Gap, Lease, Loss, StoreStats
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Iterable
 
     from buffer._chunks import Columns
@@ -64,6 +65,7 @@ DropPolicy = Literal["oldest", "newest"]
 _MAX_SEQ = 2**63 - 1
 _MIN_BYTES = 64 * 1024
 _BATCH_BLOCK = 1000  # batch seqs reserved per anchor write
+_SEQ_BLOCK = 10_000  # seqs reserved per anchor write, at least
 _SQLITE_FULL = 13
 _INSERT = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Chunks that reach into [a, b]: id <= lo < id + CHUNK_MAX keeps this on the primary key.
@@ -108,6 +110,8 @@ class Store:
         self._unapplied: dict[int, Lease] = {}
         self._loss_busy: set[int] = set()
         self._ack_failing = False
+        self._block = _SEQ_BLOCK
+        self._reserved_at = float("-inf")
         self._cache: tuple[int, Columns] | None = None
         self._closed = False
         self.disk_full = False
@@ -144,7 +148,10 @@ class Store:
         for pid, name, unit in conn.execute("SELECT id, name, unit FROM points"):
             self._add_point(pid, name, unit)
         self._gaps = {g.first_seq: g for g in map(gap_from_db, conn.execute("SELECT * FROM gaps"))}
-        top_row = conn.execute("SELECT hi FROM chunks ORDER BY id DESC LIMIT 1").fetchone()
+        top_row = conn.execute("SELECT hi, id FROM chunks ORDER BY id DESC LIMIT 1").fetchone()
+        self._top_id: int | None = top_row[1] if top_row else None
+        empty = conn.execute("SELECT id FROM chunks WHERE lo > hi").fetchall()
+        self._empty_id: int | None = max(e[0] for e in empty) if empty else None
         top_gap = max((g.last_seq for g in self._gaps.values()), default=0)
         self._db_hwm: int = max(self._meta["seq_hwm"], top_row[0] if top_row else 0, top_gap)
         self._depth: int = conn.execute(
@@ -201,7 +208,6 @@ class Store:
         self._synced_ts = self._last_ts
         a.clean = False
         a.boot_id = boot_id()
-        a.seq_left = max(a.seq_left, 0)
         self._a: AnchorState = a
         self._anchor.write(a)
 
@@ -302,6 +308,7 @@ class Store:
         gaps = dict(self._gaps)
         intern = self._intern(added)
         last_ts = self._last_ts
+        top_id = self._top_id
         conn.execute("BEGIN IMMEDIATE")
         try:
             if overflow is not None:
@@ -311,6 +318,7 @@ class Store:
                 part = batch[i:i + CHUNK_MAX]
                 blob, t0, t1 = pack(part, self._ids, intern)
                 conn.execute(_INSERT, (seq, seq, seq, seq + len(part) - 1, t0, t1, blob))
+                top_id = seq
                 seq += len(part)
                 last_ts = t1 if last_ts is None else max(last_ts, t1)
             dropped = self._cap.enforce((first, seq - 1), self._depth + len(batch),
@@ -327,6 +335,7 @@ class Store:
                     self._overflow = overflow
             raise
         self._next_seq = seq
+        self._top_id = top_id
         self._last_ts = last_ts
         self._depth += len(batch) - dropped
         self.dropped += dropped + lost
@@ -418,13 +427,38 @@ class Store:
         """Before anything new leaves: fsync the database, then record it in the anchor."""
         top = self._next_seq - 1
         if self.synchronous != "off" and upto > self._synced_seq:
-            with durable(self._conn, self.synchronous):
-                self._conn.execute(_SEQ_HWM, (top,))
+            self._sync_wal()
             self._synced_seq = top
             self._synced_ts = self._last_ts
-        if upto > self._a.seq_left:
+        if upto > self._a.seq_reserved:
             self._a.seq_left = top
+            self._a.seq_reserved = top + self._seq_block()
             self._write_anchor()
+
+    def _seq_block(self) -> int:
+        """Seqs to reserve: doubled while a reservation lasts under ten seconds, halved back
+        when one lasts over a minute; between 10,000 and 2**24."""
+        now = time.monotonic()
+        since, self._reserved_at = now - self._reserved_at, now
+        if since < 10:
+            self._block = min(self._block * 2, 1 << 24)
+        elif since > 60:
+            self._block = max(self._block // 2, _SEQ_BLOCK)
+        return self._block
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL: every commit so far is then on the medium (https://sqlite.org/wal.html:
+        a commit is the frames appended to the WAL; only a checkpoint syncs them by itself).
+        Cheaper than a ``synchronous = FULL`` write, which would add a page to the WAL first."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # checkpointed and truncated: the database file itself was synced
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _write_anchor(self) -> None:
         a = self._a
@@ -496,14 +530,12 @@ class Store:
     def _delete(self, lease: Lease) -> int:
         conn = self._conn
         gone = [g.first_seq for g in lease.gaps if self._gaps.get(g.first_seq) == g]
-        top = max([lease.last_seq or 0] + [g.last_seq for g in lease.gaps])
         conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = 0
             if lease.first_seq is not None and lease.last_seq is not None:
                 deleted = self._trim(lease.first_seq, lease.last_seq)
             conn.executemany("DELETE FROM gaps WHERE first_seq = ?", [(k,) for k in gone])
-            conn.execute(_SEQ_HWM, (top,))
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
@@ -523,6 +555,9 @@ class Store:
         """
         conn = self._conn
         deleted = 0
+        if self._empty_id is not None and self._empty_id != self._top_id:
+            conn.execute("DELETE FROM chunks WHERE id = ? AND lo > hi", (self._empty_id,))
+            self._empty_id = None
         for cid, lo, hi, base, t0, t1 in conn.execute(
                 _SPANS, (max(0, first - CHUNK_MAX), last, first)).fetchall():
             if lo > last:
@@ -531,7 +566,12 @@ class Store:
             if a > b:
                 continue
             deleted += b - a + 1
-            if a == lo and b == hi:
+            if a == lo and b == hi and cid == self._top_id:
+                # The newest chunk stays as an empty row: its hi is the database's own record
+                # of the highest seq assigned (no separate page to write per ack).
+                conn.execute("UPDATE chunks SET lo = ? WHERE id = ?", (hi + 1, cid))
+                self._empty_id = cid
+            elif a == lo and b == hi:
                 conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
             elif a == lo:
                 conn.execute("UPDATE chunks SET lo = ? WHERE id = ?", (b + 1, cid))
@@ -597,7 +637,7 @@ class Store:
             self._check_open()
             try:
                 oldest = self._conn.execute(
-                    "SELECT ts_min FROM chunks ORDER BY id LIMIT 1").fetchone()
+                    "SELECT ts_min FROM chunks WHERE lo <= hi ORDER BY id LIMIT 1").fetchone()
                 used = self._cap.used()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read stats of {self.path}: {exc}") from exc
@@ -663,6 +703,8 @@ class Store:
             log.debug("final commit failed: %s", exc)
         with self._db_lock, self._queue_lock:
             self._apply_unapplied()
+            # Every committed seq is in the database: the next start checks it still is.
+            self._a.seq_left = max(self._a.seq_left, self._next_seq - 1)
             self._record_unwritten()
             try:
                 with durable(self._conn, self.synchronous):

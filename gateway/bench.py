@@ -7,9 +7,11 @@ own counters from /proc: CPU time, peak RSS (VmHWM) and bytes written to storage
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,14 +188,95 @@ def _drain(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[st
     return {"readings_per_s": round(got / elapsed), "rss": round(rss, 1), "got": got}
 
 
+def _steady_config(path: Path, state: Path, port: int) -> Path:
+    """Default buffer and uplink settings; 25 devices x 4 points once a second: 100/s."""
+    path.write_text(f"""
+[gateway]
+id = "cab-steady"
+state_dir = "{state}"
+log_level = "warning"
+[uplink]
+port = {port}
+status_interval = "1h"
+[[drivers.sim]]
+instance = "steady"
+devices = 25
+interval = "1s"
+seed = 3
+""")
+    return path
+
+
+def _steady(work: Path, broker: Mosquitto, seconds: float) -> dict[str, Any]:
+    """The daemon at default settings and 100 readings/s: fsyncs per second, disk bytes per
+    reading. fsyncs are counted by strace (``-e fsync,fdatasync``) when it is installed."""
+    state = work / "steady"
+    conf = _steady_config(work / "steady.toml", state, broker.port)
+    trace = work / "steady.strace"
+    strace = shutil.which("strace")
+    cmd = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
+    if strace:
+        # seccomp-bpf: only the traced calls stop the daemon, so it runs at its own pace.
+        cmd = [strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=fsync,fdatasync", "-o",
+               str(trace), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603 - our own interpreter, strace from PATH
+    pid = proc.pid
+    try:
+        time.sleep(5.0)  # start-up writes (migrations, first checkpoint) are not steady state
+        pid = _child_pid(proc.pid) if strace else proc.pid
+        io0 = _written(pid)
+        lines0 = _count_lines(trace)
+        time.sleep(seconds)
+        io1 = _written(pid)
+        lines1 = _count_lines(trace)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # the daemon itself: strace ends with it
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    produced = 100 * seconds
+    return {"fsyncs_per_s": round((lines1 - lines0) / seconds, 2) if strace else None,
+            "disk": round((io1 - io0) / produced, 1)}
+
+
+def _child_pid(pid: int) -> int:
+    """The daemon's pid under strace (strace's only child)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.05)
+    return pid
+
+
+def _written(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for line in f if b"fsync" in line or b"fdatasync" in line)
+    except FileNotFoundError:
+        return 0
+
+
 def run_bench(*, readings: int = 1_000_000, points: int = 100,
-              modbus: bool = False) -> dict[str, Any]:
+              modbus: bool = False, steady_s: float = 30.0) -> dict[str, Any]:
     """Run the benchmarks; every figure comes from this run."""
     with tempfile.TemporaryDirectory(prefix="streetgate-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "broker") as broker:
             e2e = _e2e(work, broker, readings, points)
             drain = _drain(work, broker, readings, points)
+            steady = _steady(work, broker, steady_s)
     result: dict[str, Any] = {
         "e2e_readings_per_s": e2e["readings_per_s"],
         "drain_readings_per_s": drain["readings_per_s"],
@@ -201,6 +284,8 @@ def run_bench(*, readings: int = 1_000_000, points: int = 100,
         "disk_bytes_per_reading": e2e["disk"],
         "cpu_s_per_100k": e2e["cpu"],
         "peak_rss_mb": max(e2e["rss"], drain["rss"]),
+        "steady_fsyncs_per_s": steady["fsyncs_per_s"],
+        "steady_disk_bytes_per_reading": steady["disk"],
         "readings": readings,
         "points": points,
         "lost": (readings - e2e["got"]) + (readings - drain["got"]),

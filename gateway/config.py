@@ -44,7 +44,7 @@ class GatewayConfig:
 class BufferConfig:
     path: str = option("buffer.db", doc="SQLite file, relative to state_dir")
     max_size: ByteSize = option(ByteSize(256 * 1024 * 1024), minimum=64 * 1024)
-    commit_window: Duration = option(Duration(0.2), minimum=0.001, maximum=60)
+    commit_window: Duration = option(Duration(1.0), minimum=0.001, maximum=60)
     commit_rows: int = option(5000, minimum=1, maximum=1_000_000)
     synchronous: Literal["off", "normal", "full"] = option("normal")
     drop_policy: Literal["oldest", "newest"] = option("oldest")

@@ -507,6 +507,11 @@ class Gateway:
 
     def _next_message(self, limit: int, max_payload: int) -> tuple[_InFlight, bytes] | None:
         assert self.store is not None  # noqa: S101
+        if self.store.pending():
+            # Commit just before a batch rather than on a short timer: fewer pages written per
+            # reading (SD wear); the committer task reports failures.
+            with contextlib.suppress(StoreError):
+                self.store.commit()
         lease = self.store.lease(limit)
         if lease is None:
             return None

@@ -38,7 +38,8 @@ def _buffer_view(stats: Any, now: float) -> dict[str, Any]:
     data = dataclasses.asdict(stats) if is_dc else dict(stats)
     oldest = data.get("oldest_ts")
     keep = ("depth", "pending", "leased", "oldest_ts", "file_bytes", "max_bytes", "dropped",
-            "gaps_pending", "delivered", "epoch", "moved_aside")
+            "gaps_pending", "delivered", "epoch", "moved_aside", "disk_full", "free_bytes",
+            "losses_pending", "acks_pending")
     out = {k: data[k] for k in keep if k in data}
     out["oldest_age_s"] = round(max(0.0, now - oldest / 1000), 1) if oldest else None
     return out
@@ -90,6 +91,8 @@ def build_status(*, gateway_id: str, version: str, boot_id: str, started: float,
         problems.append("clock not synchronized")
     if buf.get("dropped"):
         problems.append(f"{buf['dropped']} readings dropped")
+    if buf.get("disk_full"):
+        problems.append(f"buffer disk full ({_mb(buf.get('free_bytes'))} free)")
     if extra.get("buffer_error"):
         problems.append(f"buffer writes failing: {extra['buffer_error']}")
     doc: dict[str, Any] = {
@@ -211,6 +214,15 @@ def _buffer_lines(buf: Mapping[str, Any]) -> list[str]:
             f"ago  {_mb(buf.get('file_bytes'))} of {_mb(buf.get('max_bytes'))}  "
             f"dropped {buf.get('dropped', 0)}  gaps pending {buf.get('gaps_pending', 0)}")
     out = [line]
+    free = buf.get("free_bytes")
+    if buf.get("disk_full"):
+        out.append(f"         DISK FULL: {_mb(free)} free; readings wait in memory "
+                   f"({buf.get('pending', 0)} queued), acknowledged batches waiting to be "
+                   f"deleted: {buf.get('acks_pending', 0)}")
+    elif free is not None and free >= 0:
+        out.append(f"         disk {_mb(free)} free")
+    if buf.get("losses_pending"):
+        out.append(f"         loss records waiting to go upstream: {buf['losses_pending']}")
     if buf.get("moved_aside"):
         out.append(f"         corrupt file moved aside: {buf['moved_aside']}")
     return out

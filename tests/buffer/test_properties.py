@@ -47,6 +47,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.leases: dict[int, Lease] = {}
         self.delivered: set[int] = set()
         self.lost: set[int] = set()
+        self.skipped: list[tuple[int, int]] = []
 
     def teardown(self) -> None:
         self.store.close()
@@ -129,6 +130,10 @@ class StoreMachine(RuleBasedStateMachine):
             self.store = Store(self.path, max_bytes=64 * 1024)
             old._conn.close()
             self.pending = []  # queued in memory only: a crash loses it
+            # Seqs the dead run had reserved are skipped, and named by a loss record.
+            self.skipped += [(x.first_seq, x.last_seq) for x in self.store._a.losses
+                             if x.first_seq is not None and x.last_seq is not None
+                             and (x.first_seq, x.last_seq) not in self.skipped]
         else:
             self.commit()
             old.close()
@@ -142,7 +147,10 @@ class StoreMachine(RuleBasedStateMachine):
         parts = [stored, self.delivered, self.lost, unsent]
         assert sum(map(len, parts)) == len(set().union(*parts))
         assert set().union(*parts) == set(self.committed)
-        assert set(self.committed) == set(range(1, self.store.last_seq + 1))
+        # Every seq up to the last is a committed reading or in a skipped reservation.
+        assert not any(a <= s <= b for s in self.committed for a, b in self.skipped)
+        skipped = sum(b - a + 1 for a, b in self.skipped)
+        assert len(self.committed) + skipped == self.store.last_seq
 
 
 StoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)

@@ -47,7 +47,7 @@ def test_example_config_checks_and_masks_secrets(tmp_path: Path) -> None:
     assert "hunter2" not in proc.stdout
     assert 'password = "********"' in proc.stdout
     assert 'id = "cab-0042"' in proc.stdout
-    assert 'commit_window = "200ms"' in proc.stdout
+    assert 'commit_window = "1s"' in proc.stdout
     # the printed config is itself a valid config that resolves to the same thing
     again = tmp_path / "resolved.toml"
     again.write_text(proc.stdout.replace('"********"', '"hunter2"'))
