@@ -65,8 +65,9 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
             a.add_loss(Loss(epoch, None, None, None, since, now, reason))
             if a.seq_reserved > top:
                 a.add_loss(Loss(epoch, top + 1, a.seq_reserved, None, since, now, reason))
-                top = a.seq_reserved
-        a.seq_left = a.seq_reserved = top
+                top = a.seq_floor = a.seq_reserved  # skipped for good, even if nothing follows
+        # seq_left stays what the database itself can show; skipped seqs live in seq_floor.
+        a.seq_left, a.seq_reserved = db_hwm, top
         return Verdict(a, new_epoch=False, next_seq=top + 1)
     # History lost.
     if a is None:

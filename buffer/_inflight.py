@@ -46,6 +46,9 @@ class Inflight:
         self.rows += span.rows
         self.gap_keys.update(span.gap_keys)
 
+    def get(self, lease_id: int) -> Span | None:
+        return self._by_id.get(lease_id)
+
     def pop(self, lease_id: int) -> Span | None:
         span = self._by_id.pop(lease_id, None)
         if span is None:

@@ -66,6 +66,8 @@ _MAX_SEQ = 2**63 - 1
 _MIN_BYTES = 64 * 1024
 _BATCH_BLOCK = 1000  # batch seqs reserved per anchor write
 _SEQ_BLOCK = 10_000  # seqs reserved per anchor write, at least
+_ACK_DELAY = 2.0  # seconds an ack may wait for a commit to carry its delete
+_ACK_MAX = 256  # acks waiting at most
 _SQLITE_FULL = 13
 _INSERT = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Chunks that reach into [a, b]: id <= lo < id + CHUNK_MAX keeps this on the primary key.
@@ -108,6 +110,7 @@ class Store:
         self._lease_ids = itertools.count(1)
         #: Acked leases whose delete could not be written yet: never leased again.
         self._unapplied: dict[int, Lease] = {}
+        self._acked_at: dict[int, float] = {}
         self._loss_busy: set[int] = set()
         self._ack_failing = False
         self._block = _SEQ_BLOCK
@@ -243,10 +246,11 @@ class Store:
         """
         with self._db_lock:
             self._check_open()
-            self._apply_unapplied()
             with self._queue_lock:
                 batch, self._pending = self._pending, []
             if not batch:
+                if self._acks_due():
+                    self._apply_unapplied()
                 return 0
             written = 0
             try:
@@ -309,8 +313,10 @@ class Store:
         intern = self._intern(added)
         last_ts = self._last_ts
         top_id = self._top_id
+        empty = self._empty_id
         conn.execute("BEGIN IMMEDIATE")
         try:
+            acked = self._deletes()  # the deletes of acked leases ride along
             if overflow is not None:
                 record(conn, overflow.gap(self._next_seq), gaps, set())
             seq = first
@@ -326,6 +332,7 @@ class Store:
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
+            self._empty_id = empty
             for key in added:
                 pid = self._ids.pop(key)
                 del self._names[pid], self._pname[pid], self._punit[pid]
@@ -340,6 +347,7 @@ class Store:
         self._depth += len(batch) - dropped
         self.dropped += dropped + lost
         self._gaps = gaps
+        self._deleted(acked)
         if self.synchronous == "full":
             self._synced_seq = self._next_seq - 1
             self._synced_ts = last_ts
@@ -356,7 +364,8 @@ class Store:
         with self._db_lock:
             self._check_open()
             try:
-                self._apply_unapplied()
+                if self._acks_due():
+                    self._apply_unapplied()
                 return self._lease(max_readings)
             except (sqlite3.Error, ChunkError) as exc:
                 raise StoreError(f"cannot lease from {self.path}: {exc}") from exc
@@ -468,19 +477,33 @@ class Store:
         self._anchor.write(a)
 
     def ack(self, lease: Lease) -> None:
-        """Delete the lease's readings and records: the broker has them. A stale lease is fine.
+        """The broker has the lease's readings and records: they go. A stale lease is fine.
 
-        Never raises for a failed write (disk full, I/O error): the lease stays out of every
-        later lease (so nothing is sent twice) and its delete is retried by the next call.
+        The delete is written with the next commit (one transaction, often one page, instead of
+        two), or within :data:`_ACK_DELAY` when no commit comes. Until then, and while a delete
+        cannot be written (disk full, I/O error), the lease stays out of every later lease, so
+        nothing is sent twice by this process. Never raises for a failed write.
         """
         with self._db_lock:
             self._check_open()
-            span = self._inflight.pop(lease.id)
+            if lease.id in self._unapplied:
+                return
+            span = self._inflight.get(lease.id)
             if span is not None:
-                self._inflight.add(lease.id, span)  # until the delete is written
+                self._depth -= span.rows
+                self.delivered += span.rows
             self._unapplied[lease.id] = lease
-            self._apply_unapplied()
+            self._acked_at.setdefault(lease.id, time.monotonic())
             self._ack_losses(lease)
+            if self._acks_due():
+                self._apply_unapplied()
+
+    def _acks_due(self) -> bool:
+        if not self._unapplied:
+            return False
+        if self.disk_full or len(self._unapplied) >= _ACK_MAX:
+            return True
+        return time.monotonic() - min(self._acked_at.values()) >= _ACK_DELAY
 
     def _ack_losses(self, lease: Lease) -> None:
         if not lease.losses:
@@ -495,56 +518,68 @@ class Store:
                         " be sent again", exc)
 
     def _apply_unapplied(self) -> None:
-        """Write the deletes of acked leases; keeps the ones that still fail for later."""
-        for lease_id, lease in list(self._unapplied.items()):
-            try:
-                deleted = self._delete_retrying(lease)
-            except sqlite3.Error as exc:
-                if not self._ack_failing:
-                    log.warning("buffer %s: acknowledged batches cannot be deleted yet (%s);"
-                                " they are kept out of new batches and retried", self.path, exc)
-                    self._ack_failing = True
-                return
-            del self._unapplied[lease_id]
-            self._inflight.pop(lease_id)
-            self._depth -= deleted
-            self.delivered += deleted
-            for g in lease.gaps:
-                if self._gaps.get(g.first_seq) == g:
-                    del self._gaps[g.first_seq]
-        if self._ack_failing and not self._unapplied:
+        """Write the deletes of acked leases in one transaction; on failure keep them for later."""
+        if not self._unapplied:
+            return
+        try:
+            self._delete_retrying()
+        except sqlite3.Error as exc:
+            if not self._ack_failing:
+                log.warning("buffer %s: acknowledged batches cannot be deleted yet (%s);"
+                            " they are kept out of new batches and retried", self.path, exc)
+                self._ack_failing = True
+            return
+        if self._ack_failing:
             log.info("buffer %s: deletes of acknowledged batches work again", self.path)
             self._ack_failing = False
 
-    def _delete_retrying(self, lease: Lease) -> int:
+    def _delete_retrying(self) -> None:
         try:
-            return self._delete(lease)
+            self._delete()
         except sqlite3.Error as exc:
             if not (_full(exc) and self._reserve.release()):
                 raise
             self._note_full()
             log.warning("buffer %s: disk full; released the %d-byte reserve so acknowledged "
                         "batches can be deleted", self.path, self._reserve.size)
-            return self._delete(lease)
+            self._delete()
 
-    def _delete(self, lease: Lease) -> int:
+    def _delete(self) -> None:
         conn = self._conn
-        gone = [g.first_seq for g in lease.gaps if self._gaps.get(g.first_seq) == g]
+        empty = self._empty_id
         conn.execute("BEGIN IMMEDIATE")
         try:
-            deleted = 0
-            if lease.first_seq is not None and lease.last_seq is not None:
-                deleted = self._trim(lease.first_seq, lease.last_seq)
-            conn.executemany("DELETE FROM gaps WHERE first_seq = ?", [(k,) for k in gone])
+            done = self._deletes()
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
+            self._empty_id = empty
             raise
+        self._deleted(done)
         if self.disk_full:
             # Let the next commit start the WAL over instead of growing it (disk full).
             self._checkpoint("RESTART")
             self._note_room()
-        return deleted
+
+    def _deletes(self) -> list[int]:
+        """Inside a transaction: the deletes of every acked lease; returns their ids."""
+        gone: list[tuple[int]] = []
+        for lease in self._unapplied.values():
+            if lease.first_seq is not None and lease.last_seq is not None:
+                self._trim(lease.first_seq, lease.last_seq)
+            gone += [(g.first_seq,) for g in lease.gaps if self._gaps.get(g.first_seq) == g]
+        self._conn.executemany("DELETE FROM gaps WHERE first_seq = ?", gone)
+        return list(self._unapplied)
+
+    def _deleted(self, ids: list[int]) -> None:
+        """After the commit that wrote the deletes of ``ids``."""
+        for lease_id in ids:
+            lease = self._unapplied.pop(lease_id)
+            self._acked_at.pop(lease_id, None)
+            self._inflight.pop(lease_id)
+            for g in lease.gaps:
+                if self._gaps.get(g.first_seq) == g:
+                    del self._gaps[g.first_seq]
 
     def _trim(self, first: int, last: int) -> int:
         """Inside a transaction: take seqs first..last out of the chunks that hold them.
@@ -641,12 +676,16 @@ class Store:
                 used = self._cap.used()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read stats of {self.path}: {exc}") from exc
+            acked_gaps = {g.first_seq for x in self._unapplied.values() for g in x.gaps}
+            acked_rows = sum(span.rows for span in map(self._inflight.get, self._unapplied)
+                             if span is not None)
             return StoreStats(
-                depth=self._depth, leased=self._inflight.rows, pending=self.pending(),
-                oldest_ts=oldest[0] if oldest else None, file_bytes=file_bytes(self.path),
+                depth=self._depth, leased=self._inflight.rows - acked_rows,
+                pending=self.pending(), oldest_ts=oldest[0] if oldest and self._depth else None,
+                file_bytes=file_bytes(self.path),
                 used_bytes=used, max_bytes=self.max_bytes, appended=self.appended,
                 delivered=self.delivered, dropped=self.dropped, rejected=self.rejected,
-                gaps_pending=len(self._gaps),
+                gaps_pending=len(self._gaps.keys() - acked_gaps),
                 epoch=self.epoch, schema_version=self.schema_version,
                 moved_aside=str(self.moved_aside) if self.moved_aside else None,
                 last_seq=self._next_seq - 1, disk_full=self.disk_full,

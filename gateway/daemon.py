@@ -68,6 +68,7 @@ class Gateway:
         self.cfg = cfg
         self.registry = registry or load_registry()
         self.drain_timeout = drain_timeout
+        self._drain_from: int | None = None  # store.delivered when the drain began
         self.boot_id = uuid.uuid4().hex
         self.started = time.time()
         self.store: Store | None = None
@@ -347,30 +348,32 @@ class Gateway:
                         str(g.path(t.key_file)) if t.key_file else None)
 
     async def _drain(self) -> None:
-        """Final commit, give in-flight batches a bounded time, then say what was left."""
+        """Final commit, then give in-flight batches a bounded time to be acknowledged."""
         assert self.store is not None  # noqa: S101
-        store = self.store
-        before = store.delivered
+        self._drain_from = self.store.delivered
         with contextlib.suppress(StoreError):
-            await self._io_call(store.commit)
+            await self._io_call(self.store.commit)
         deadline = time.monotonic() + self.drain_timeout
         while self.uplink and self.uplink.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - PUBACKs come from paho callbacks; polling a counter is simplest
             await asyncio.sleep(0.02)
-        unacked = self.uplink.inflight if self.uplink else 0
+
+    async def _say_what_is_left(self, store: Store, unacked: int) -> None:
+        """One line once the uplink is closed: nothing moves any more, so the figures hold."""
+        delivered = store.delivered - (self._drain_from or store.delivered)
         try:
             stats = await self._io_call(store.stats)
         except StoreError as exc:
             _log.warning("stopping: %d readings delivered during the drain; the buffer cannot"
-                         " say what is left (%s)", store.delivered - before, exc)
+                         " say what is left (%s)", delivered, exc)
             return
         _log.info("stopping: %d readings delivered during the drain; %d left in the buffer for"
                   " the next start (%d batches not acknowledged within %.0f s)%s",
-                  store.delivered - before, stats.depth + stats.pending, unacked,
-                  self.drain_timeout,
+                  delivered, stats.depth, unacked, self.drain_timeout,
                   f"; {stats.pending} could not be written and are recorded as lost"
                   if stats.pending else "")
 
     async def _shutdown(self) -> None:
+        unacked = self.uplink.inflight if self.uplink is not None else 0
         if self.uplink is not None:
             await self.uplink.close()
         self.clock.close()
@@ -380,6 +383,8 @@ class Gateway:
                                                        self.cfg.gateway.id, "clean": True})
         if self.store is not None:
             store, self.store = self.store, None
+            if self._drain_from is not None:
+                await self._say_what_is_left(store, unacked)
             try:
                 await self._io_call(store.close)
             except StoreError as exc:

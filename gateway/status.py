@@ -211,16 +211,16 @@ def _buffer_lines(buf: Mapping[str, Any]) -> list[str]:
     if not buf:
         return ["buffer   -"]
     line = (f"buffer   {buf.get('depth', 0)} readings, oldest {_age(buf.get('oldest_age_s'))} "
-            f"ago  {_mb(buf.get('file_bytes'))} of {_mb(buf.get('max_bytes'))}  "
+            f"ago  {_mb(buf.get('file_bytes'))}/{_mb(buf.get('max_bytes'))}  "
             f"dropped {buf.get('dropped', 0)}  gaps pending {buf.get('gaps_pending', 0)}")
-    out = [line]
     free = buf.get("free_bytes")
+    if free is not None and free >= 0 and not buf.get("disk_full"):
+        line += f"  free {_mb(free)}"
+    out = [line]
     if buf.get("disk_full"):
         out.append(f"         DISK FULL: {_mb(free)} free; readings wait in memory "
                    f"({buf.get('pending', 0)} queued), acknowledged batches waiting to be "
                    f"deleted: {buf.get('acks_pending', 0)}")
-    elif free is not None and free >= 0:
-        out.append(f"         disk {_mb(free)} free")
     if buf.get("losses_pending"):
         out.append(f"         loss records waiting to go upstream: {buf['losses_pending']}")
     if buf.get("moved_aside"):

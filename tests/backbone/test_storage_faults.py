@@ -355,10 +355,10 @@ def _wal_round(tmp: Path, broker: Mosquitto, truth: Truth, *, max_size: str,
     old = [x for x in truth.losses if x.epoch == first_epoch]
     assert truth.losses == old, "loss records beyond the one for the damaged epoch"
     if epoch != first_epoch:
-        _check_history_lost(truth, old, delivered_before, first_epoch, epoch, killed_ms)
+        _check_history_lost(truth, old, delivered_before, first_epoch, epoch)
         path = "new epoch"
     else:
-        _check_unclean_stop(truth, old, delivered_before, epoch, killed_ms)
+        _check_unclean_stop(truth, old, epoch, killed_ms)
         path = "same epoch"
     stats = _buffer_stats(again)
     assert (stats["depth"], stats["losses_pending"], stats["clean_stop"]) == (0, 0, True)
@@ -366,7 +366,7 @@ def _wal_round(tmp: Path, broker: Mosquitto, truth: Truth, *, max_size: str,
 
 
 def _check_history_lost(truth: Truth, old: list[Loss], delivered_before: set[int],
-                        first_epoch: int, epoch: int, killed_ms: int) -> None:
+                        first_epoch: int, epoch: int) -> None:
     """The old epoch ends with one open-ended record from the first seq not known delivered;
     the new epoch counts from 1, its first readings the old file's survivors in order."""
     assert [(x.reason, x.last_seq) for x in old] == [("history-lost", None)], old
@@ -377,31 +377,44 @@ def _check_history_lost(truth: Truth, old: list[Loss], delivered_before: set[int
     new = truth.delivered.get(epoch, set())
     assert new == set(range(1, len(new) + 1)), "the new epoch must count from 1, no holes"
     assert len(new) >= 400
-    # A survivor keeps its place: one shift maps each to its old seq, and where the old seq
-    # was delivered it is the very same reading.
+    # A survivor keeps its order (renumbered densely from 1), and where its old seq was
+    # delivered it is the very same reading; only seqs the old epoch's record covers survive.
     old_rows = {(r.point, r.ts): (s, r) for (e, s), r in truth.rows.items() if e == first_epoch}
-    shifts: set[int] = set()
+    pairs: list[tuple[int, int]] = []
     for (e, s), r in truth.rows.items():
         hit = old_rows.get((r.point, r.ts)) if e == epoch else None
         if hit is not None:
             assert hit[1] == r, f"new seq {s} is old seq {hit[0]} with another value"
-            shifts.add(hit[0] - s)
-    assert len(shifts) <= 1, f"survivors renumbered with several shifts: {sorted(shifts)}"
-    assert all(shift >= first - 1 for shift in shifts), (shifts, first)
-    del killed_ms
+            pairs.append((s, hit[0]))
+    pairs.sort()
+    olds = [o for _n, o in pairs]
+    assert olds == sorted(set(olds)), f"survivors renumbered out of order: {pairs[:10]}"
+    assert all(o >= first for o in olds), (pairs[:3], first)
 
 
-def _check_unclean_stop(truth: Truth, old: list[Loss], delivered_before: set[int],
-                        epoch: int, killed_ms: int) -> None:
-    """The database kept every seq that had left: same epoch, and what the process held (or
-    lost with the WAL) is one seq-less record spanning the kill."""
-    assert [x.reason for x in old] == ["unclean-stop"], old
-    (x,) = old
-    assert (x.first_seq, x.last_seq) == (None, None)
+def _check_unclean_stop(truth: Truth, old: list[Loss], epoch: int, killed_ms: int) -> None:
+    """The database kept every seq it says had left: same epoch. What the process held (or
+    lost with the WAL) is one seq-less record spanning the kill, plus, when seqs above what the
+    database knows were reserved (they may have left), one record naming them; the seqs after
+    the restart start above it."""
+    assert {x.reason for x in old} == {"unclean-stop"}, old
+    seqless = [x for x in old if x.first_seq is None]
+    ranged = [x for x in old if x.first_seq is not None]
+    assert len(seqless) == 1, old
+    assert len(ranged) <= 1, old
+    (x,) = seqless
+    assert x.last_seq is None
     assert x.first_ts is not None
     assert x.last_ts is not None
     assert x.first_ts <= killed_ms <= x.last_ts
-    assert len(truth.delivered[epoch] - delivered_before) >= 400
+    restarted = sorted(s for (e, s), r in truth.rows.items()
+                       if e == epoch and r.ts > killed_ms)
+    assert len(restarted) >= 400
+    for y in ranged:
+        assert y.first_seq is not None
+        assert y.last_seq is not None
+        assert y.first_seq <= y.last_seq, y
+        assert restarted[0] > y.last_seq, f"seq {restarted[0]} reused inside the record {y}"
     # Readings committed into the lost WAL frames never arrive: the record's time range must
     # start no later than the newest first-run reading that did arrive.
     first_run = [r.ts for (e, _s), r in truth.rows.items() if e == epoch and r.ts < killed_ms]

@@ -399,5 +399,9 @@ def test_out_of_order_acks_leave_no_unaccounted_holes_in_the_new_epoch(tmp_path:
     with Store(tmp_path / "b" / "buffer.db") as after:
         assert after.epoch != store.epoch
         drain(after, platform)
-    assert sorted(ids(platform, after.epoch)) == [*range(10), *range(20, 30)]
+    # 11-20 were acked, but their delete waits for the next commit: a crash before it sends
+    # them again (in the new epoch, since the old one lost history).
+    got = sorted(ids(platform, after.epoch))
+    assert set(got) >= {*range(10), *range(20, 30)}
+    assert set(got) <= set(range(30))
     assert platform.verifier.missing(GATEWAY_ID, after.epoch) == []

@@ -53,6 +53,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.close()
         self.tmp.cleanup()
 
+    def _waiting(self) -> set[int]:
+        return {s for x in self.store._unapplied.values()
+                if x.first_seq is not None and x.last_seq is not None
+                for s in range(x.first_seq, x.last_seq + 1)}
+
     def _in_flight(self) -> set[int]:
         return {r[0] for lease in self.leases.values() for r in lease.rows}
 
@@ -83,7 +88,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(limit=st.integers(min_value=0, max_value=60))
     def lease(self, limit: int) -> None:
-        busy = self._in_flight()
+        busy = self._in_flight() | self._waiting()
         free = [s for s in stored_seqs(self.path) if s not in busy]
         lease = self.store.lease(limit)
         if lease is None:
@@ -104,7 +109,7 @@ class StoreMachine(RuleBasedStateMachine):
         for gap in lease.gaps:
             dropped = set(range(gap.first_seq, gap.last_seq + 1))
             assert gap.count == len(dropped)
-            assert not dropped & (self.delivered | set(stored_seqs(self.path)))
+            assert not dropped & (self.delivered | set(stored_seqs(self.path)) - self._waiting())
         self.leases[lease.id] = lease
 
     @precondition(lambda self: self.leases)
@@ -127,6 +132,13 @@ class StoreMachine(RuleBasedStateMachine):
     def restart(self, crash: bool) -> None:
         old = self.store
         if crash:
+            # Acks whose delete was still waiting for a commit are undone by the crash: those
+            # readings and gaps will be sent again (the platform drops them as duplicates).
+            for x in old._unapplied.values():
+                if x.first_seq is not None and x.last_seq is not None:
+                    self.delivered -= set(range(x.first_seq, x.last_seq + 1))
+                for gap in x.gaps:
+                    self.lost -= set(range(gap.first_seq, gap.last_seq + 1))
             self.store = Store(self.path, max_bytes=64 * 1024)
             old._conn.close()
             self.pending = []  # queued in memory only: a crash loses it
@@ -142,7 +154,8 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_seq_accounted_once(self) -> None:
-        stored = set(stored_seqs(self.path))
+        # Acked leases whose delete waits for the next commit are delivered, not stored.
+        stored = set(stored_seqs(self.path)) - self._waiting()
         unsent = {s for g in self.store._gaps.values() for s in range(g.first_seq, g.last_seq + 1)}
         parts = [stored, self.delivered, self.lost, unsent]
         assert sum(map(len, parts)) == len(set().union(*parts))

@@ -220,8 +220,10 @@ def test_kill_9_loses_no_committed_reading(tmp_path: Path) -> None:
     for round_ in range(10):
         out = _kill_after(path, round_, rng.uniform(0.02, 0.3))
         round_top, round_batch, acked, acking = _parse(out)
-        gone |= acked
-        maybe |= acking  # killed during this ack: either way is right
+        # An ack's delete rides with the next commit (or comes within 2 s): a kill before it
+        # leaves the readings to be sent again, which the platform drops as duplicates.
+        maybe |= acked | acking
+        gone -= maybe
         assert round_top >= top
         top, batch = max(top, round_top), max(batch, round_batch)
         conn = sqlite3.connect(path)

@@ -49,7 +49,11 @@ def test_commit_lease_ack_oldest_first(tmp_path: Path) -> None:
         stats = store.stats()
         assert (stats.depth, stats.leased, stats.delivered, stats.appended) == (0, 0, 25, 25)
         assert stats.oldest_ts is None
-        assert stored_seqs(tmp_path / "b.db") == []
+        store.commit()  # an ack's delete rides with the next commit
+        assert stored_seqs(tmp_path / "b.db") == list(range(1, 26))
+        store.append(readings(1, start=25))
+        store.commit()
+        assert stored_seqs(tmp_path / "b.db") == [26]
 
 
 def test_release_keeps_oldest_first_between_leases_in_flight(tmp_path: Path) -> None:
