@@ -219,7 +219,10 @@ def _steady(work: Path, broker: Mosquitto, seconds: float) -> dict[str, Any]:
         # seccomp-bpf: only the traced calls stop the daemon, so it runs at its own pace.
         cmd = [strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=fsync,fdatasync", "-o",
                str(trace), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603 - our own interpreter, strace from PATH
+    # As under systemd: the status file in a RuntimeDirectory on tmpfs, not on the card.
+    runtime = Path(tempfile.mkdtemp(prefix="streetgate-run-", dir=_tmpfs()))
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # noqa: S603 - our own interpreter, strace from PATH
     pid = proc.pid
     try:
         time.sleep(5.0)  # start-up writes (migrations, first checkpoint) are not steady state
@@ -237,9 +240,14 @@ def _steady(work: Path, broker: Mosquitto, seconds: float) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        shutil.rmtree(runtime, ignore_errors=True)
     produced = 100 * seconds
     return {"fsyncs_per_s": round((lines1 - lines0) / seconds, 2) if strace else None,
             "disk": round((io1 - io0) / produced, 1)}
+
+
+def _tmpfs() -> str | None:
+    return "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108 - tmpfs on purpose
 
 
 def _child_pid(pid: int) -> int:

@@ -256,8 +256,8 @@ class Bench:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise AssertionError(f"buffer database damaged after the cut: {check}")
-            # Acknowledged rows are deleted; meta.seq_hwm keeps the highest seq committed.
-            row = con.execute("SELECT max(seq) FROM readings").fetchone()
+            # Acknowledged chunks are deleted, but the newest stays (empty when acked).
+            row = con.execute("SELECT max(hi) FROM chunks").fetchone()
             hwm = con.execute("SELECT value FROM meta WHERE key = 'seq_hwm'").fetchone()
         finally:
             con.close()
