@@ -32,6 +32,9 @@ def inspect_buffer(path: Path) -> dict[str, Any]:
         query = (_V1_DEPTH if version == 1 else
                  "SELECT ifnull(sum(hi - lo + 1), 0), min(ts_min) FROM chunks WHERE lo <= hi")
         depth, oldest = conn.execute(query).fetchone()
+        top = 0 if version == 1 else conn.execute(
+            "SELECT ifnull(max(hi), 0) FROM chunks").fetchone()[0]
+        top_gap = conn.execute("SELECT ifnull(max(last_seq), 0) FROM gaps").fetchone()[0]
         gaps, dropped = conn.execute(
             "SELECT count(*), coalesce(sum(count), 0) FROM gaps").fetchone()
     except sqlite3.Error as exc:
@@ -44,5 +47,7 @@ def inspect_buffer(path: Path) -> dict[str, Any]:
         "clean_stop": anchor.clean if anchor else None,
         "depth": depth, "oldest_ts": oldest, "file_bytes": file_bytes(path),
         "gaps_pending": gaps, "dropped": dropped, "epoch": meta.get("epoch"),
-        "last_seq": meta.get("seq_hwm"), "schema_version": version,
+        "last_seq": max(meta.get("seq_hwm") or 0, top, top_gap,
+                        anchor.seq_floor if anchor else 0),
+        "schema_version": version,
     }

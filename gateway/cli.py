@@ -233,8 +233,8 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats))
         return 0
     print(f"buffer {path}")
-    for key in ("depth", "oldest_age_s", "file_bytes", "dropped", "gaps_pending", "last_seq",
-                "epoch", "schema_version"):
+    for key in ("depth", "oldest_age_s", "file_bytes", "dropped", "gaps_pending",
+                "losses_pending", "clean_stop", "last_seq", "epoch", "schema_version"):
         print(f"  {key:<15} {stats[key]}")
     return 0
 
