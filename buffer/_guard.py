@@ -62,6 +62,11 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
             power = bool(a.boot_id and boot and a.boot_id != boot)
             since = max((t for t in (a.last_ts, newest_ts) if t is not None), default=None)
             reason = "power-loss" if power else "unclean-stop"
+            log.warning("the last run did not stop cleanly (%s): what it still held in memory is"
+                        " reported upstream as lost (%s)%s",
+                        "the machine rebooted" if power else "killed or crashed", reason,
+                        f"; seqs {top + 1}-{a.seq_reserved} are skipped"
+                        if a.seq_reserved > top else "")
             a.add_loss(Loss(epoch, None, None, None, since, now, reason))
             if a.seq_reserved > top:
                 a.add_loss(Loss(epoch, top + 1, a.seq_reserved, None, since, now, reason))
