@@ -52,7 +52,7 @@ _SLOT = 16 * 1024
 _HEAD = struct.Struct("<4sIQI")  # magic, payload length, generation, crc32(generation + payload)
 _MAGIC = b"SGA1"
 #: Loss records kept at most; more are merged (never dropped).
-MAX_LOSSES = 48
+MAX_LOSSES = 64
 
 
 def boot_id() -> str:
@@ -90,35 +90,51 @@ class AnchorState:
         return cls(**{k: v for k, v in doc.items() if k in fields})
 
     def add_loss(self, loss: Loss) -> Loss:
-        """Keep ``loss`` (with a fresh key); over :data:`MAX_LOSSES`, merge the oldest two."""
+        """Keep ``loss`` (with a fresh key); over :data:`MAX_LOSSES`, merge the oldest two
+        records of one kind (same epoch, both with seqs or both without)."""
         loss = dataclasses.replace(loss, key=self.next_loss_key)
         self.next_loss_key += 1
         self.losses.append(loss)
         while len(self.losses) > MAX_LOSSES:
-            a, b = self.losses[0], self.losses[1]
-            self.losses[:2] = [_merged(a, b, self.next_loss_key)]
+            pair = _oldest_pair(self.losses)
+            if pair is None:
+                break  # nothing merges without losing coverage; the slot has room to spare
+            i, j = pair
+            merged = _merged(self.losses[i], self.losses[j], self.next_loss_key)
             self.next_loss_key += 1
+            self.losses[i] = merged
+            del self.losses[j]
         return loss
 
 
+def _kind(x: Loss) -> tuple[int, bool, bool]:
+    return x.epoch, x.first_seq is None, x.last_seq is None
+
+
+def _oldest_pair(losses: list[Loss]) -> tuple[int, int] | None:
+    seen: dict[tuple[int, bool, bool], int] = {}
+    for j, x in enumerate(losses):
+        i = seen.get(_kind(x))
+        if i is not None:
+            return i, j
+        seen[_kind(x)] = j
+    return None
+
+
 def _merged(a: Loss, b: Loss, key: int) -> Loss:
-    """One record that covers both (the same epoch and range when they share one)."""
-    same_range = (a.epoch, a.first_seq, a.last_seq) == (b.epoch, b.first_seq, b.last_seq)
+    """One record of the same kind that covers both: seq ranges and time ranges widen (the
+    seqs between two ranges are covered too: reported lost, or delivered after all)."""
     count = a.count + b.count if a.count is not None and b.count is not None else None
-    ts = [t for t in (a.first_ts, a.last_ts, b.first_ts, b.last_ts) if t is not None]
+    firsts = [a.first_ts, b.first_ts]
+    lasts = [a.last_ts, b.last_ts]
+    first_ts = None if None in firsts else min(x for x in firsts if x is not None)
+    last_ts = None if None in lasts else max(x for x in lasts if x is not None)
+    first = None if a.first_seq is None or b.first_seq is None else min(a.first_seq, b.first_seq)
+    last = None if a.last_seq is None or b.last_seq is None else max(a.last_seq, b.last_seq)
+    if first is not None and last is not None:
+        count = None  # the widened range holds seqs neither record counted
     reason = a.reason if a.reason == b.reason else f"{a.reason},{b.reason}"[:64]
-    if same_range or a.epoch != b.epoch:
-        epoch, first, last = a.epoch, a.first_seq, a.last_seq
-        if not same_range:  # different epochs: keep a's range, b's becomes unknown
-            count = None
-    else:
-        firsts = [s for s in (a.first_seq, b.first_seq) if s is not None]
-        first = min(firsts) if firsts else None
-        last = (None if None in (a.last_seq, b.last_seq) or first is None
-                else max(a.last_seq or 0, b.last_seq or 0))
-        epoch = a.epoch
-    return Loss(epoch, first, last, count, min(ts, default=None), max(ts, default=None),
-                reason, key)
+    return Loss(a.epoch, first, last, count, first_ts, last_ts, reason, key)
 
 
 class Anchor:

@@ -18,20 +18,22 @@ from __future__ import annotations
 import logging
 import marshal
 import zlib
+from collections.abc import Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from buffer._codec import coerce, valid
 from drivers.api import Quality
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping
 
     from buffer.types import Row
     from drivers.api import Reading, Value
 
 __all__ = [
-    "CHUNK_MAX", "ChunkError", "Columns", "clean", "pack", "pack_columns", "rows", "unpack",
+    "CHUNK_MAX", "ChunkError", "Columns", "Rows", "clean", "pack", "pack_columns", "rows",
+    "unpack",
 ]
 
 log = logging.getLogger("streetgate.buffer")
@@ -107,13 +109,87 @@ def unpack(blob: bytes) -> Columns:
     return cols
 
 
+class Rows(Sequence["Row"]):
+    """Leased rows ``(seq, point, unit, ts, value, quality)``, held as the chunks' columns.
+
+    A row tuple is built only when one is asked for; the batch encoder reads the columns
+    (5000 tuples per lease cost more to build than the rest of the lease, and the encoder only
+    took them apart again). The store builds one with :meth:`extend`; once handed out, nothing
+    changes it.
+    """
+
+    __slots__ = ("names", "pids", "quals", "seqs", "ts", "units", "values")
+
+    def __init__(self, seqs: range | list[int], pids: list[int], ts: list[int],
+                 values: list[Value], quals: list[int] | None, *, names: Mapping[int, str],
+                 units: Mapping[int, str | None]) -> None:
+        self.seqs = seqs  # a range when the seqs are consecutive
+        self.pids = pids
+        self.ts = ts
+        self.values = values
+        self.quals = quals  # None: all good
+        #: Point id to name and unit: the store's own maps (they only grow).
+        self.names = names
+        self.units = units
+
+    @classmethod
+    def empty(cls) -> Rows:
+        return cls(range(0), [], [], [], None, names={}, units={})
+
+    def extend(self, more: Rows) -> None:
+        """Append ``more``'s rows: the store builds a lease chunk by chunk, then hands it out."""
+        if not more.pids:
+            return
+        if not self.pids:
+            self.names, self.units = more.names, more.units
+        seqs = self.seqs
+        if isinstance(seqs, range) and isinstance(more.seqs, range) and (
+                not seqs or more.seqs.start == seqs.stop):
+            self.seqs = range(seqs.start if seqs else more.seqs.start, more.seqs.stop)
+        else:
+            self.seqs = [*seqs, *more.seqs]
+        if self.quals is not None or more.quals is not None:
+            self.quals = [*(self.quals or repeat(0, len(self.pids))),
+                          *(more.quals or repeat(0, len(more.pids)))]
+        self.pids = [*self.pids, *more.pids]
+        self.ts = [*self.ts, *more.ts]
+        self.values = [*self.values, *more.values]
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __iter__(self) -> Iterator[Row]:
+        pids = self.pids
+        return zip(self.seqs, map(self.names.__getitem__, pids),  # noqa: B905 - quals may repeat
+                   map(self.units.__getitem__, pids), self.ts, self.values,
+                   repeat(0) if self.quals is None else self.quals)
+
+    @overload
+    def __getitem__(self, i: int) -> Row: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Row]: ...
+    def __getitem__(self, i: int | slice) -> Row | list[Row]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        pid = self.pids[i]
+        return (self.seqs[i], self.names[pid], self.units[pid], self.ts[i], self.values[i],
+                0 if self.quals is None else self.quals[i])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Rows | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Rows({list(self)!r})"
+
+
 def rows(cols: Columns, base: int, lo: int, hi: int, *,
-         names: Mapping[int, str], units: Mapping[int, str | None]) -> list[Row]:
+         names: Mapping[int, str], units: Mapping[int, str | None]) -> Rows:
     """The rows with seqs ``lo..hi`` of a chunk whose first reading has seq ``base``."""
     pids, ts, values, qs = cols
     i, j = lo - base, hi - base + 1
-    p = pids[i:j]
-    q = repeat(0) if qs is None else qs[i:j]
-    return list(zip(range(lo, hi + 1), map(names.__getitem__, p), map(units.__getitem__, p),  # noqa: B905 - q may be an endless repeat(0)
-                    ts[i:j], values[i:j], q))
-
+    return Rows(range(lo, hi + 1), pids[i:j], ts[i:j], values[i:j],
+                None if qs is None else qs[i:j], names=names, units=units)

@@ -33,6 +33,8 @@ log = logging.getLogger("streetgate.buffer")
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _MAGIC = b"SQLite format 3\x00"
+#: Page cache per connection (https://sqlite.org/pragma.html#pragma_cache_size).
+_CACHE_KIB = 256
 
 
 class StoreError(Exception):
@@ -169,6 +171,10 @@ def _check(conn: sqlite3.Connection, path: Path) -> None:
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        # Page cache 256 KiB instead of SQLite's 2 MiB: readings are packed into a few
+        # overflow pages per commit and read about once, to lease them; the tree pages that
+        # are read again fit. Set before quick_check, which reads the whole file through it.
+        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB:d}")
         _check(conn, path)
         conn.execute(f"PRAGMA synchronous = {_SYNC[synchronous]}")
         with durable(conn, synchronous):

@@ -11,7 +11,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from buffer._chunks import CHUNK_MAX, unpack
+from buffer._chunks import CHUNK_MAX, ChunkError, unpack
 from buffer.types import Gap
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ POINTS_CAP = 32
 _MAX_SEQ = 2**63 - 1
 _ROUNDS = 16
 # Chunks wholly inside [a, b]; id <= lo < id + CHUNK_MAX keeps this on the primary key.
-_WHOLE = ("SELECT id, base, lo, hi, data FROM chunks WHERE id BETWEEN ? AND ? AND lo >= ?"
+_WHOLE = ("SELECT id, base, lo, hi, ts_min, ts_max, data FROM chunks"
+          " WHERE id BETWEEN ? AND ? AND lo >= ?"
           " AND hi <= ? AND lo <= hi ORDER BY id {} LIMIT ?")
 
 
@@ -50,19 +51,27 @@ class Cap:
         self.newest = policy == "newest"
         self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
         self.over = False
+        #: The newest chunk, when the last enforce dropped it: kept as an empty row.
+        self.marker: int | None = None
+
+    def _is_marker(self, cid: int) -> bool:
+        row = self._conn.execute("SELECT lo > hi FROM chunks WHERE id = ?", (cid,)).fetchone()
+        return bool(row and row[0])
 
     def used(self) -> int:
         pages: int = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free: int = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * self.page_size
 
-    def enforce(self, batch: tuple[int, int], live: int, inflight: Inflight,
-                names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap]) -> int:
+    def enforce(self, batch: tuple[int, int], live: int, inflight: Inflight, *,
+                names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap],
+                top_id: int | None = None) -> int:
         """Inside the commit's transaction, drop rows not in flight until the cap holds.
 
         ``batch`` is the seq range just inserted (the candidates under policy "newest"),
         ``live`` the rows now stored. Returns the number of rows dropped.
         """
+        self.marker = None
         used = self.used()
         if used <= self.max_bytes:
             self._note(over=False)
@@ -75,7 +84,9 @@ class Cap:
             want = max(1, math.ceil((used - target) / (used / (live - dropped))))
             ranges = inflight.free(*(batch if self.newest else (1, _MAX_SEQ)))
             got = drop(self._conn, ranges, want, newest=self.newest, names=names, gaps=gaps,
-                       busy=inflight.gap_keys)
+                       busy=inflight.gap_keys, top_id=top_id)
+            if top_id is not None and self.marker is None and self._is_marker(top_id):
+                self.marker = top_id
             if not got:
                 break
             dropped += got
@@ -95,6 +106,7 @@ class Cap:
 def drop(
     conn: sqlite3.Connection, ranges: Iterable[tuple[int, int]], limit: int, *, newest: bool,
     names: Mapping[int, tuple[str, str | None]], gaps: dict[int, Gap], busy: set[int],
+    top_id: int | None = None,
 ) -> int:
     """Delete whole chunks inside ``ranges`` (oldest or newest first) until ``limit`` readings
     are gone, and record each as a gap.
@@ -109,11 +121,18 @@ def drop(
             break
         sql = _WHOLE.format("DESC" if newest else "ASC")
         found = conn.execute(sql, (max(0, lo - CHUNK_MAX), hi, lo, hi, 64)).fetchall()
-        for cid, base, first, last, blob in found:
+        for cid, base, first, last, t0, t1, blob in found:
             if done >= limit:
                 break
-            conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
-            record(conn, _gap(unpack(blob), base, first, last, names), gaps, busy)
+            if cid == top_id:  # the top seq stays visible: an empty row (no blob) holds it
+                conn.execute("UPDATE chunks SET lo = hi + 1, data = x'' WHERE id = ?", (cid,))
+            else:
+                conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
+            try:
+                gap = _gap(unpack(blob), base, first, last, names)
+            except ChunkError:  # damaged: the range and time are still known
+                gap = Gap(first, last, last - first + 1, t0, t1, (), True)
+            record(conn, gap, gaps, busy)
             done += last - first + 1
     return done
 

@@ -45,10 +45,14 @@ class Verdict:
 
 def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fresh: bool,
           moved_aside: bool, batch_next: int, lowest: int, newest_ts: int | None,
-          boot: str) -> Verdict:
-    """Compare the anchor with the database as opened (see the module docstring)."""
+          boot: str, anchored: bool = False) -> Verdict:
+    """Compare the anchor with the database as opened (see the module docstring).
+
+    ``anchored``: the database says an anchor was written for it before, so a missing anchor
+    file is damage, not a first start.
+    """
     now = time.time_ns() // 1_000_000
-    if a is None and not existed:
+    if a is None and not existed and not anchored:
         acked = lowest - 1
         state = AnchorState(epoch=epoch, seq_left=db_hwm, seq_reserved=db_hwm, acked=acked,
                             batch_reserved=batch_next, last_ts=newest_ts, clean=True)
@@ -59,9 +63,8 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
             # Lost: what was queued in memory (no seq yet), and after a reboot what was written
             # but not synced. Seqs above what the database knows, up to the reservation, may
             # have left with readings the database no longer has: skipped and named.
-            power = bool(a.boot_id and boot and a.boot_id != boot)
-            since = max((t for t in (a.last_ts, newest_ts) if t is not None), default=None)
-            reason = "power-loss" if power else "unclean-stop"
+            reason, since = _stop(a, boot, newest_ts)
+            power = reason == "power-loss"
             log.warning("the last run did not stop cleanly (%s): what it still held in memory is"
                         " reported upstream as lost (%s)%s",
                         "the machine rebooted" if power else "killed or crashed", reason,
@@ -76,8 +79,8 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
         return Verdict(a, new_epoch=False, next_seq=top + 1)
     # History lost.
     if a is None:
-        log.error("buffer anchor is unreadable: cannot tell which seqs left the gateway, so the"
-                  " buffer starts a new epoch")
+        log.error("buffer anchor is %s: cannot tell which seqs left the gateway, so the buffer"
+                  " starts a new epoch", "unreadable" if existed else "missing")
         old = AnchorState(epoch=epoch, acked=lowest - 1)
         reason = "history-lost"
     else:
@@ -91,7 +94,21 @@ def judge(a: AnchorState | None, existed: bool, *, epoch: int, db_hwm: int, fres
     state = AnchorState(epoch=epoch if fresh and old.epoch != epoch else _new_epoch(old.epoch),
                         losses=list(old.losses), next_loss_key=old.next_loss_key)
     state.add_loss(Loss(old.epoch, old.acked + 1, None, None, None, now, reason))
+    if a is None or not a.clean:
+        # What the last run held in memory had no seq: only its time range can say it.
+        stop, since = (reason, newest_ts) if a is None else _stop(a, boot, newest_ts)
+        state.add_loss(Loss(old.epoch, None, None, None, since, now, stop))
     return Verdict(state, new_epoch=state.epoch != epoch, next_seq=1)
+
+
+def _stop(a: AnchorState, boot: str, newest_ts: int | None) -> tuple[str, int | None]:
+    """Why the last run ended uncleanly, and the newest ts known on the medium since then.
+
+    The time bound assumes the wall clock did not step back while readings waited in memory.
+    """
+    power = bool(a.boot_id and boot and a.boot_id != boot)
+    since = max((t for t in (a.last_ts, newest_ts) if t is not None), default=None)
+    return ("power-loss" if power else "unclean-stop"), since
 
 
 def _new_epoch(avoid: int) -> int:

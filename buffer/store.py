@@ -30,6 +30,7 @@ fsyncs the database (tests and RAM disks only; the anchor still guards the seqs)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -37,10 +38,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from buffer._anchor import Anchor, AnchorState, boot_id
-from buffer._chunks import CHUNK_MAX, ChunkError, clean, pack, rows, unpack
+from buffer._chunks import CHUNK_MAX, ChunkError, Rows, clean, pack, rows, unpack
 from buffer._db import StoreError, durable, file_bytes, open_db, rollback
 from buffer._evict import POINTS_CAP, Cap, gap_from_db, record
 from buffer._guard import judge, renumber
@@ -49,7 +50,7 @@ from buffer._reserve import Reserve, free_bytes
 from buffer.types import Gap, Lease, Loss, StoreStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from buffer._chunks import Columns
     from buffer.types import Row
@@ -71,8 +72,8 @@ _ACK_MAX = 256  # acks waiting at most
 _SQLITE_FULL = 13
 _INSERT = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)"
 # Chunks that reach into [a, b]: id <= lo < id + CHUNK_MAX keeps this on the primary key.
-_OVERLAP = ("SELECT id, base, lo, hi, data FROM chunks WHERE id BETWEEN ? AND ? AND hi >= ?"
-            " ORDER BY id")
+_OVERLAP = ("SELECT id, base, lo, hi, ts_min, ts_max, data FROM chunks"
+            " WHERE id BETWEEN ? AND ? AND hi >= ? ORDER BY id")
 _SPANS = ("SELECT id, lo, hi, base, ts_min, ts_max FROM chunks WHERE id BETWEEN ? AND ?"
           " AND hi >= ? ORDER BY id")
 _SEQ_HWM = "UPDATE meta SET value = max(value, ?) WHERE key = 'seq_hwm'"
@@ -184,7 +185,8 @@ class Store:
                         fresh=fresh and self._depth == 0 and not self._gaps,
                         moved_aside=self.moved_aside is not None,
                         batch_next=int(self._meta.get("batch_seq_next", 1)),
-                        lowest=self._lowest(), newest_ts=self._last_ts, boot=boot_id())
+                        lowest=self._lowest(), newest_ts=self._last_ts, boot=boot_id(),
+                        anchored=bool(self._meta.get("anchored")))
         a = verdict.state
         if verdict.new_epoch:
             conn = self._conn
@@ -213,6 +215,11 @@ class Store:
         a.boot_id = boot_id()
         self._a: AnchorState = a
         self._anchor.write(a)
+        if not self._meta.get("anchored"):
+            # From now on a missing anchor file is damage, not a first start.
+            with durable(self._conn, self.synchronous):
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('anchored', 1)")
+            self._meta["anchored"] = 1
 
     # -- writing -------------------------------------------------------------------------
 
@@ -255,7 +262,7 @@ class Store:
             written = 0
             try:
                 written = self._write_valid(batch)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ChunkError) as exc:
                 if _full(exc):
                     self._note_full()
                 raise StoreError(f"cannot commit {len(batch)} readings to {self.path}: {exc}; "
@@ -312,11 +319,11 @@ class Store:
         gaps = dict(self._gaps)
         intern = self._intern(added)
         last_ts = self._last_ts
-        top_id = self._top_id
-        empty = self._empty_id
+        empty, top_before = self._empty_id, self._top_id
         conn.execute("BEGIN IMMEDIATE")
         try:
             acked = self._deletes()  # the deletes of acked leases ride along
+            top_id = self._top_id
             if overflow is not None:
                 record(conn, overflow.gap(self._next_seq), gaps, set())
             seq = first
@@ -328,11 +335,15 @@ class Store:
                 seq += len(part)
                 last_ts = t1 if last_ts is None else max(last_ts, t1)
             dropped = self._cap.enforce((first, seq - 1), self._depth + len(batch),
-                                        self._inflight, self._names, gaps)
+                                        self._inflight, names=self._names, gaps=gaps,
+                                        top_id=top_id)
+            marker = self._cap.marker
+            if marker is not None and self._empty_id not in (None, marker):
+                conn.execute("DELETE FROM chunks WHERE id = ? AND lo > hi", (self._empty_id,))
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
-            self._empty_id = empty
+            self._empty_id, self._top_id = empty, top_before
             for key in added:
                 pid = self._ids.pop(key)
                 del self._names[pid], self._pname[pid], self._punit[pid]
@@ -343,6 +354,8 @@ class Store:
             raise
         self._next_seq = seq
         self._top_id = top_id
+        if marker is not None:
+            self._empty_id = marker
         self._last_ts = last_ts
         self._depth += len(batch) - dropped
         self.dropped += dropped + lost
@@ -388,7 +401,7 @@ class Store:
             self._scan_from = hi + 1
         return lease
 
-    def _scan(self, limit: int) -> tuple[list[Row], int, int]:
+    def _scan(self, limit: int) -> tuple[Sequence[Row], int, int]:
         """Oldest readings outside leases in flight, and the seq span they cover."""
         lo = self._scan_from
         while True:
@@ -404,25 +417,52 @@ class Store:
                 return [], lo, lo - 1
             lo = nxt
 
-    def _read(self, lo: int, hi: int, limit: int) -> list[Row]:
-        out: list[Row] = []
+    def _read(self, lo: int, hi: int, limit: int) -> Rows:
+        out = Rows.empty()
+        damaged: list[tuple[int, int, int, int, int]] = []
         cur = self._conn.execute(_OVERLAP, (max(0, lo - CHUNK_MAX), hi, lo))
         try:
-            for _id, base, clo, chi, blob in cur:
+            for cid, base, clo, chi, t0, t1, blob in cur:
                 a = max(clo, lo)
                 b = min(chi, hi, a + limit - len(out) - 1)
                 if a > b:
                     if clo > hi:
                         break
                     continue
-                out.extend(self._rows(base, blob, a, b))
+                try:
+                    out.extend(self._rows(base, blob, a, b))
+                except ChunkError:
+                    damaged.append((cid, clo, chi, t0, t1))
+                    if out:
+                        break  # the lease ends before the damage; the rest comes next time
+                    continue
                 if len(out) >= limit:
                     break
         finally:
             cur.close()
+        for item in damaged:
+            self._damaged(*item)
         return out
 
-    def _rows(self, base: int, blob: bytes, a: int, b: int) -> list[Row]:
+    def _damaged(self, cid: int, lo: int, hi: int, t0: int, t1: int) -> None:
+        """A chunk whose blob no longer decodes: its readings become a loss record, the row
+        goes (or stays empty, when it holds the top seq), and the buffer goes on."""
+        log.error("buffer %s: chunk with seqs %d-%d is damaged and cannot be read; its %d"
+                  " readings are reported upstream as lost", self.path, lo, hi, hi - lo + 1)
+        new = AnchorState(**{f.name: getattr(self._a, f.name)
+                             for f in dataclasses.fields(AnchorState)})
+        new.losses = list(self._a.losses)
+        new.add_loss(Loss(self.epoch, lo, hi, hi - lo + 1, t0, t1, "damaged"))
+        self._update_anchor(losses=new.losses, next_loss_key=new.next_loss_key)
+        if cid == self._top_id:
+            self._conn.execute("UPDATE chunks SET lo = hi + 1, data = x'' WHERE id = ?", (cid,))
+            self._empty_id = cid
+        else:
+            self._conn.execute("DELETE FROM chunks WHERE id = ?", (cid,))
+        self._depth -= hi - lo + 1
+        self._cache = None
+
+    def _rows(self, base: int, blob: bytes, a: int, b: int) -> Rows:
         """Rows a..b of the chunk whose blob starts at seq ``base``."""
         cached = self._cache
         if cached is not None and cached[0] == base:
@@ -440,9 +480,11 @@ class Store:
             self._synced_seq = top
             self._synced_ts = self._last_ts
         if upto > self._a.seq_reserved:
-            self._a.seq_left = top
-            self._a.seq_reserved = top + self._seq_block()
-            self._write_anchor()
+            # seq_left: only what is on the medium (a power cut keeps it); the reservation
+            # covers what leaves until the next write.
+            left = self._synced_seq if self.synchronous != "off" else self._a.seq_left
+            self._update_anchor(seq_left=max(self._a.seq_left, left),
+                                seq_reserved=top + self._seq_block())
 
     def _seq_block(self) -> int:
         """Seqs to reserve: doubled while a reservation lasts under ten seconds, halved back
@@ -469,12 +511,19 @@ class Store:
         finally:
             os.close(fd)
 
-    def _write_anchor(self) -> None:
-        a = self._a
-        a.acked = max(a.acked, self._lowest() - 1)
+    def _update_anchor(self, **changes: Any) -> None:
+        """Write the anchor with ``changes``; the state in memory moves only once it is synced
+        (raises OSError, and then nothing changed)."""
+        changes.setdefault("losses", list(self._a.losses))
+        new = dataclasses.replace(self._a, **changes)
+        try:
+            new.acked = max(new.acked, self._lowest() - 1)
+        except sqlite3.Error:
+            log.debug("cannot read the lowest seq for the anchor; keeping %d", new.acked)
         if self.synchronous != "off":
-            a.last_ts = self._synced_ts
-        self._anchor.write(a)
+            new.last_ts = self._synced_ts
+        self._anchor.write(new)
+        self._a = new
 
     def ack(self, lease: Lease) -> None:
         """The broker has the lease's readings and records: they go. A stale lease is fine.
@@ -510,9 +559,8 @@ class Store:
             return
         keys = {x.key for x in lease.losses}
         self._loss_busy -= keys
-        self._a.losses = [x for x in self._a.losses if x.key not in keys]
         try:
-            self._write_anchor()
+            self._update_anchor(losses=[x for x in self._a.losses if x.key not in keys])
         except OSError as exc:
             log.warning("cannot write the buffer anchor after an ack (%s); the loss record may"
                         " be sent again", exc)
@@ -546,14 +594,14 @@ class Store:
 
     def _delete(self) -> None:
         conn = self._conn
-        empty = self._empty_id
+        empty, top = self._empty_id, self._top_id
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = self._deletes()
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
-            self._empty_id = empty
+            self._empty_id, self._top_id = empty, top
             raise
         self._deleted(done)
         if self.disk_full:
@@ -581,7 +629,7 @@ class Store:
                 if self._gaps.get(g.first_seq) == g:
                     del self._gaps[g.first_seq]
 
-    def _trim(self, first: int, last: int) -> int:
+    def _trim(self, first: int, last: int) -> int:  # noqa: C901 - one case per shape of overlap
         """Inside a transaction: take seqs first..last out of the chunks that hold them.
 
         Acks come oldest first, so this trims a chunk's ends without touching its blob; an ack
@@ -612,12 +660,18 @@ class Store:
                 conn.execute("UPDATE chunks SET lo = ? WHERE id = ?", (b + 1, cid))
             elif b == hi:
                 conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (a - 1, cid))
+                if cid == self._top_id:
+                    # The top seq must stay visible: an empty row (no blob) holds it.
+                    conn.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, x'')",
+                                 (a, base, hi + 1, hi, t0, t1))
+                    self._top_id = self._empty_id = a
             else:
                 conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (a - 1, cid))
                 conn.execute("INSERT INTO chunks SELECT ?, base, ?, hi, ts_min, ts_max, data"
                              " FROM chunks WHERE id = ?", (b + 1, b + 1, cid))
                 conn.execute("UPDATE chunks SET hi = ? WHERE id = ?", (hi, b + 1))
-            del base, t0, t1
+                if cid == self._top_id:
+                    self._top_id = b + 1
         return deleted
 
     def release(self, lease: Lease) -> None:
@@ -699,9 +753,8 @@ class Store:
             self._check_open()
             if self._batch_next >= self._batch_reserved:
                 reserve = self._batch_next + _BATCH_BLOCK
-                self._a.batch_reserved = reserve
                 try:
-                    self._write_anchor()
+                    self._update_anchor(batch_reserved=reserve)
                 except OSError as exc:
                     raise StoreError(f"cannot reserve batch seqs in the anchor: {exc}") from exc
                 self._batch_reserved = reserve
@@ -742,21 +795,22 @@ class Store:
             log.debug("final commit failed: %s", exc)
         with self._db_lock, self._queue_lock:
             self._apply_unapplied()
-            # Every committed seq is in the database: the next start checks it still is.
-            self._a.seq_left = max(self._a.seq_left, self._next_seq - 1)
-            self._record_unwritten()
+            committed = self._next_seq - 1
+            changes: dict[str, Any] = {"clean": True}
             try:
                 with durable(self._conn, self.synchronous):
-                    self._conn.execute(_SEQ_HWM, (self._next_seq - 1,))
+                    self._conn.execute(_SEQ_HWM, (committed,))
                 self._synced_ts = self._last_ts
+                # Every committed seq is on the medium: the next start checks it still is.
+                changes["seq_left"] = max(self._a.seq_left, committed)
             except sqlite3.Error as exc:
                 log.warning("buffer %s: final sync failed: %s", self.path, exc)
             if not self.disk_full:
                 self._checkpoint("TRUNCATE")
-            self._a.clean = True
+            self._record_unwritten()
             try:
-                self._write_anchor()
-            except (OSError, sqlite3.Error) as exc:
+                self._update_anchor(**changes)
+            except OSError as exc:
                 log.error("buffer %s: cannot mark the anchor clean: %s; the next start reports"  # noqa: TRY400 - one line, no traceback
                           " a possible loss", self.path, exc)
             self._conn.close()

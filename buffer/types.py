@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from drivers.api import Value
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["LOSS_REASONS", "Gap", "Lease", "Loss", "Row", "StoreStats"]
 
@@ -38,6 +42,8 @@ LOSS_REASONS = {
                     " not replay, a file restored from an older copy)",
     "moved-aside": "the buffer database was corrupt and moved aside; its unsent readings are"
                    " in the moved file, not delivered",
+    "damaged": "a stored chunk of readings could no longer be read (the card returned other"
+               " bytes than were written)",
     "exit-unwritten": "queued in memory and could not be written (disk full) when the"
                       " gateway stopped",
     "unclean-stop": "queued in memory when the gateway process died (kill, crash, OOM)",
@@ -78,7 +84,7 @@ class Lease:
     """Rows (oldest first) and gaps handed to the uplink until :meth:`Store.ack` or release."""
 
     id: int
-    rows: list[Row]
+    rows: Sequence[Row]  # buffer._chunks.Rows from the store: columns, tuples on demand
     gaps: list[Gap]
     first_seq: int | None
     last_seq: int | None

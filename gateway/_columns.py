@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from itertools import groupby, repeat
-from operator import eq, mul, sub, truediv
+from operator import mul, ne, sub, truediv
 from typing import TYPE_CHECKING, Any
 
-from gateway._wire import DECIMAL, INT_DELTA, MAX_MANTISSA, PLAIN, POW10, QUALITIES, UINT_END, \
-    VALUE_TYPES
+from gateway._cbor import Raw, tiny_array
+from gateway._wire import (
+    DECIMAL,
+    INT_DELTA,
+    MAX_MANTISSA,
+    PLAIN,
+    POW10,
+    QUALITIES,
+    UINT_END,
+    VALUE_TYPES,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -24,8 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["isize", "plain_items", "rle", "split_quality", "steps", "value_column"]
 
-#: Two or more equal neighbours in a mask of ``a[i] == a[i + 1]``: a run of three or more.
-_RUNS = re.compile(rb"\x01\x01+")
+#: Two or more equal neighbours in a mask with a zero byte where ``a[i] == a[i + 1]``: a run
+#: of three or more.
+_RUNS = re.compile(rb"\x00\x00+")
 
 
 def isize(v: int) -> int:
@@ -49,9 +60,29 @@ def _run(k: int, d: int) -> list[list[int]] | None:
     return None
 
 
-def _equal_runs(items: Sequence[Any]) -> list[tuple[int, int]]:
-    """``(start, count)`` of each maximal run of 3 or more neighbours equal by ``==``."""
-    mask = bytes(map(eq, items[1:], items[:-1]))
+def _small(ints: list[int]) -> bytes | None:
+    """The ints one byte each when they all fit in -128..127 (most deltas do), else None."""
+    try:
+        return array("b", ints).tobytes()
+    except OverflowError:
+        return None
+
+
+def _equal_runs(items: Sequence[Any], packed: bytes | None = None) -> list[tuple[int, int]]:
+    """``(start, count)`` of each maximal run of 3 or more neighbours equal by ``==``.
+
+    ``packed``: the items as one byte each, when each fits in one: XOR with itself shifted by
+    one byte then makes the mask in a few big-int operations instead of a compare per item.
+    """
+    if packed is None:
+        mask = bytes(map(ne, items[1:], items[:-1]))
+    elif len(packed) < 3:
+        return []
+    else:
+        mask = (int.from_bytes(packed[1:]) ^ int.from_bytes(packed[:-1])).to_bytes(
+            len(packed) - 1)
+    if b"\0\0" not in mask:
+        return []
     return [(m.start(), m.end() - m.start() + 1) for m in _RUNS.finditer(mask)]
 
 
@@ -60,25 +91,48 @@ def steps(k: int, d: int) -> list[Any]:
     return _run(k, d) or [d] * k
 
 
+def _written_runs(deltas: list[int], packed: bytes | None) -> list[tuple[int, int]]:
+    """``(start, count)`` of the runs of equal deltas that are shorter as ``[count, delta]``."""
+    if len(deltas) < 3:
+        return []
+    first = deltas[0]
+    if deltas.count(first) == len(deltas):  # lockstep seqs and timestamps: one run
+        return [(0, len(deltas))] if _run(len(deltas), first) else []
+    return [(start, k) for start, k in _equal_runs(deltas, packed)
+            if _run(k, deltas[start]) is not None]
+
+
 def rle(deltas: list[int]) -> list[Any]:
     """Delta items: each a delta, or ``[count, delta]`` for a run where that is shorter."""
-    if len(deltas) < 3:
+    return _rle(deltas, _small(deltas) if len(deltas) >= 3 else None)
+
+
+def _rle(deltas: list[int], packed: bytes | None) -> list[Any]:
+    """:func:`rle`; ``packed``: ``_small(deltas)``."""
+    runs = _written_runs(deltas, packed)
+    if not runs:
         return deltas
-    first = deltas[0]
-    if deltas.count(first) == len(deltas):
-        return steps(len(deltas), first)
     out: list[Any] = []
     done = 0
-    for start, k in _equal_runs(deltas):
-        run = _run(k, deltas[start])
-        if run is not None:
-            out += deltas[done:start]
-            out += run
-            done = start + k
-    if not done:
-        return deltas
+    for start, k in runs:
+        out += deltas[done:start]
+        out.append([k, deltas[start]])
+        done = start + k
     out += deltas[done:]
     return out
+
+
+def _delta_column(prefix: list[int], deltas: list[int], packed: bytes | None,
+                  ) -> list[Any] | Raw:
+    """``[*prefix, *delta items]``; as CBOR already when every delta is in -24..23.
+
+    ``packed``: ``_small(deltas)``.
+    """
+    if packed is not None:
+        raw = tiny_array(prefix, packed)
+        if raw is not None:
+            return raw
+    return [*prefix, *_rle(deltas, packed)]
 
 
 def _same(v: Value) -> tuple[type, Any]:
@@ -86,13 +140,19 @@ def _same(v: Value) -> tuple[type, Any]:
     return (float, v.hex()) if type(v) is float else (type(v), v)
 
 
-def plain_items(values: Sequence[Value]) -> list[Any]:
-    """Native values; ``[count, value]`` for a run of 3 or more equal values."""
-    kinds = set(map(type, values))
+def plain_items(values: Sequence[Value], kinds: set[type] | None = None) -> list[Any]:
+    """Native values; ``[count, value]`` for a run of 3 or more equal values.
+
+    ``kinds``: the values' types, when the caller has them.
+    """
+    kinds = set(map(type, values)) if kinds is None else kinds
     if len(kinds) == 1 and float not in kinds and kinds <= VALUE_TYPES:  # == is sameness
+        if len(values) >= 3 and values.count(values[0]) == len(values):
+            return [[len(values), values[0]]]  # a door that stayed shut all batch
         out: list[Any] = []
         done = 0
-        for start, k in _equal_runs(values):
+        packed = bytes(values) if kinds == {bool} else None  # type: ignore[arg-type]
+        for start, k in _equal_runs(values, packed):
             out += values[done:start]
             out.append([k, values[start]])
             done = start + k
@@ -119,53 +179,104 @@ def _places(v: float) -> int | None:
     return None
 
 
+#: Mantissas known good per decimal count k: ``{v: m}`` with ``m / 10**k == v`` and
+#: ``|m| <= 2**53``. Sensor values repeat (a voltage rounded to 2 decimals takes a few thousand
+#: values), so most decimal columns cost a dict lookup per value instead of a multiply, a
+#: round, a divide and a compare. The memo of a pure function: a hit is what the computation
+#: would give. Bounded: cleared when full.
+_MEMO: list[dict[float, int]] = [{} for _ in POW10]
+_MEMO_MAX = 8192
+
+
+def _scaled(values: list[float], k: int) -> tuple[list[int] | None, list[float]]:
+    """``(mantissas, [])`` when every value is ``m / 10**k`` with ``|m| <= 2**53``, else
+    ``(None, the values that are not)``, or ``(None, [])`` when a mantissa is too large.
+
+    Raises ValueError or OverflowError for NaN and infinities.
+    """
+    memo = _MEMO[k]
+    try:
+        return list(map(memo.__getitem__, values)), []
+    except KeyError:
+        pass
+    scale = POW10[k]
+    mantissas = list(map(round, map(mul, values, repeat(scale))))
+    if list(map(truediv, mantissas, repeat(scale))) != values:
+        return None, [v for v, m in zip(values, mantissas, strict=True) if m / scale != v]
+    if max(mantissas) > MAX_MANTISSA or min(mantissas) < -MAX_MANTISSA:
+        return None, []
+    if len(memo) > _MEMO_MAX:
+        memo.clear()
+    memo.update(zip(values, mantissas, strict=True))
+    return mantissas, []
+
+
 def _mantissas(values: list[float]) -> tuple[int, list[int]] | None:
-    """The fewest decimals k and mantissas m with every ``m / 10**k == v`` (bit for bit)."""
+    """Decimals k and mantissas for a scaled-decimal column, or None when there are none.
+
+    k starts at what the first value needs; when some value does not come back, k becomes
+    the most any such value needs, until all do. Large values can come back with fewer
+    decimals and not with more (``6850897751689904.0`` at k=0 but not at k=5); once k repeats
+    it would go round for ever, so there is no k.
+    """
     k = _places(values[0])
-    while k is not None:
-        scale = POW10[k]
-        try:
-            mantissas = list(map(round, map(mul, values, repeat(scale))))
-        except (ValueError, OverflowError):
-            return None
-        if list(map(truediv, mantissas, repeat(scale))) == values:
-            return k, mantissas
-        needs = [_places(v) for v, m in zip(values, mantissas, strict=True) if m / scale != v]
-        if None in needs:
-            return None
-        k = max(n for n in needs if n is not None)
+    tried: set[int] = set()
+    try:
+        while k is not None and k not in tried:
+            tried.add(k)
+            mantissas, failing = _scaled(values, k)
+            if mantissas is not None or not failing:
+                return None if mantissas is None else (k, mantissas)
+            # What the loop would reach next, found without _places on every failing value:
+            # when all values come back with the decimals one failing value needs, none needs
+            # more, and that is the most any failing value needs.
+            k_next = _places(failing[0])
+            if k_next is None:
+                return None
+            mantissas, more = _scaled(values, k_next)
+            if mantissas is not None or not more:
+                return None if mantissas is None else (k_next, mantissas)
+            needs = [_places(v) for v in failing]
+            if None in needs:
+                return None
+            k = max(n for n in needs if n is not None)
+    except (ValueError, OverflowError):  # NaN, infinities
+        return None
     return None
 
 
-def _decimal_column(values: list[float]) -> list[Any] | None:
+def _decimal_column(values: list[float]) -> list[Any] | Raw | None:
     """``[2, k, m0, *delta items]`` when every value is exactly ``m / 10**k``, else None."""
     found = _mantissas(values)
     if found is None:
         return None
     k, mantissas = found
-    if max(mantissas) > MAX_MANTISSA or min(mantissas) < -MAX_MANTISSA:
-        return None
     if 0.0 in values and any(math.copysign(1.0, v) < 0 for v in values if v == 0):
         return None  # -0.0 would come back as 0.0
-    return [DECIMAL, k, mantissas[0], *rle(list(map(sub, mantissas[1:], mantissas[:-1])))]
+    deltas = list(map(sub, mantissas[1:], mantissas[:-1]))
+    return _delta_column([DECIMAL, k, mantissas[0]], deltas, _small(deltas))
 
 
-def value_column(values: list[Value]) -> list[Any]:
+def value_column(values: list[Value]) -> list[Any] | Raw:
     """The value column: int deltas, scaled decimals or plain items (section 3.4)."""
     kinds = set(map(type, values))
     if kinds == {int}:
         ints: list[int] = values  # type: ignore[assignment]
         deltas = list(map(sub, ints[1:], ints[:-1]))
-        # Deltas when they are no wider than the values (counters, slow-moving readings).
-        if isize(max(map(abs, deltas), default=0)) <= isize(max(max(ints), -min(ints))):
-            return [INT_DELTA, ints[0], *rle(deltas)]
+        packed = _small(deltas)
+        widest = isize(max(max(ints), -min(ints)))  # noqa: PLW3301 - two C passes, no 2nd list
+        # Deltas when they are no wider than the values (counters, slow-moving readings); a
+        # delta that fits in a byte is at most 2 bytes wide.
+        if (packed is not None and widest >= 2) or isize(
+                max(map(abs, deltas), default=0)) <= widest:
+            return _delta_column([INT_DELTA, ints[0]], deltas, packed)
     elif kinds == {float}:
         column = _decimal_column(values)  # type: ignore[arg-type]
         if column is not None:
             return column
     elif not kinds <= VALUE_TYPES:
         return value_column(list(map(_native, values)))
-    return [PLAIN, *plain_items(values)]
+    return [PLAIN, *plain_items(values, kinds)]
 
 
 def _native(v: Any) -> Value:

@@ -6,18 +6,18 @@ its reference encoder and a strict decoder.
 
 from __future__ import annotations
 
-import math
-from itertools import groupby, repeat
-from operator import and_, eq, itemgetter, mul, sub, truediv
+from dataclasses import dataclass, field
+from operator import itemgetter, lt, sub
 from typing import TYPE_CHECKING, Any
 
 import cbor2
 
+from buffer._chunks import Rows
+from gateway._cbor import write_raw
+from gateway._columns import isize, plain_items, rle, split_quality, steps, value_column
 from gateway._wire import (
     CORE_KEYS,
-    DECIMAL,
     FORMAT_VERSION,
-    INT_DELTA,
     K_BATCH_SEQ,
     K_EPOCH,
     K_FIRST_SEQ,
@@ -29,16 +29,11 @@ from gateway._wire import (
     K_T0,
     K_VERSION,
     MAX_LOSSES,
-    MAX_MANTISSA,
     MAX_READINGS,
     MAX_REASON,
     OPT_BAD_VALUES,
     OPT_QUALITY,
-    PLAIN,
-    POW10,
-    QUALITIES,
     UINT_END,
-    VALUE_TYPES,
     Batch,
     BatchFormatError,
     decode,
@@ -46,7 +41,7 @@ from gateway._wire import (
 from gateway.cose import strict_loads
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from buffer.types import Gap, Loss, Row
     from drivers.api import Value
@@ -56,159 +51,8 @@ __all__ = ["FORMAT_VERSION", "MAX_LOSSES", "MAX_READINGS", "Batch", "BatchFormat
 
 # ---------------------------------------------------------------- encoding
 
-
-def _isize(v: int) -> int:
-    """Bytes of a CBOR integer (RFC 8949 §3.1; bignums §3.4.3)."""
-    n = v if v >= 0 else -1 - v
-    if n < 24:
-        return 1
-    if n < 0x100:
-        return 2
-    if n < 0x10000:
-        return 3
-    if n < 0x100000000:
-        return 5
-    return 9 if n < UINT_END else 3 + (n.bit_length() + 7) // 8
-
-
-def _has_triple(items: Sequence[Any]) -> bool:
-    """Whether three neighbours are equal (``==``): the shortest run worth writing."""
-    pairs = list(map(eq, items[1:], items[:-1]))
-    return any(map(and_, pairs[1:], pairs[:-1]))
-
-
-def _rle(deltas: list[int]) -> list[Any]:
-    """Delta items: each a delta, or ``[count, delta]`` for a run where that is shorter."""
-    if len(deltas) < 3:
-        return deltas
-    first = deltas[0]
-    if deltas.count(first) == len(deltas):  # lockstep seqs and timestamps: one run
-        return _run(len(deltas), first) or deltas
-    if not _has_triple(deltas):
-        return deltas
-    out: list[Any] = []
-    for d, group in groupby(deltas):
-        k = len(list(group))
-        if k == 1:
-            out.append(d)
-        else:
-            out.extend(_run(k, d) or repeat(d, k))
-    return out
-
-
-def _run(k: int, d: int) -> list[list[int]] | None:
-    """``[[k, d]]`` when the run is shorter than k copies of d, else None."""
-    if k >= 3 and k * _isize(d) > 1 + _isize(k) + _isize(d):
-        return [[k, d]]
-    return None
-
-
-def _same(v: Value) -> tuple[type, Any]:
-    # Runs must not merge True with 1, 1 with 1.0, or 0.0 with -0.0.
-    return (float, v.hex()) if type(v) is float else (type(v), v)
-
-
-def _plain_items(values: Sequence[Value]) -> list[Any]:
-    """Native values; ``[count, value]`` for a run of 3 or more equal values."""
-    kinds = set(map(type, values))
-    if len(kinds) == 1 and float not in kinds:  # one exact type: == is sameness
-        if not _has_triple(values):
-            return list(values)
-        groups: Iterable[Iterable[Value]] = (g for _v, g in groupby(values))
-    else:
-        groups = (g for _k, g in groupby(values, key=_same))
-    out: list[Any] = []
-    for group in groups:
-        run = list(group)
-        if len(run) >= 3:
-            out.append([len(run), run[0]])
-        else:
-            out.extend(run)
-    return out
-
-
-def _places(v: float) -> int | None:
-    """Fewest decimals k with ``round(v * 10**k) / 10**k == v``; None when there is none."""
-    try:
-        for k, scale in enumerate(POW10):
-            if round(v * scale) / scale == v:
-                return k
-    except (ValueError, OverflowError):  # NaN, infinities
-        return None
-    return None
-
-
-def _decimal_column(values: tuple[float, ...]) -> list[Any] | None:
-    """``[2, k, m0, *delta items]`` when every value is exactly ``m / 10**k``, else None."""
-    k = _places(values[0])
-    while k is not None:
-        scale = POW10[k]
-        try:
-            mantissas = list(map(round, map(mul, values, repeat(scale))))
-        except (ValueError, OverflowError):
-            return None
-        if tuple(map(truediv, mantissas, repeat(scale))) == values:
-            break
-        needs = [_places(v) for v, m in zip(values, mantissas, strict=True) if m / scale != v]
-        if None in needs:
-            return None
-        k = max(n for n in needs if n is not None)
-    else:
-        return None
-    if max(mantissas) > MAX_MANTISSA or min(mantissas) < -MAX_MANTISSA:
-        return None
-    if 0.0 in values and any(math.copysign(1.0, v) < 0 for v in values if v == 0):
-        return None  # -0.0 would come back as 0.0
-    return [DECIMAL, k, mantissas[0], *_rle(list(map(sub, mantissas[1:], mantissas[:-1])))]
-
-
-def _value_column(values: tuple[Value, ...]) -> list[Any]:
-    kinds = set(map(type, values))
-    if kinds == {int}:
-        ints: tuple[int, ...] = values  # type: ignore[assignment]
-        deltas = list(map(sub, ints[1:], ints[:-1]))
-        # Deltas when they are no wider than the values (counters, slow-moving readings).
-        if _isize(max(map(abs, deltas), default=0)) <= _isize(max(map(abs, ints))):
-            return [INT_DELTA, ints[0], *_rle(deltas)]
-    elif kinds == {float}:
-        column = _decimal_column(values)  # type: ignore[arg-type]
-        if column is not None:
-            return column
-    elif not kinds <= VALUE_TYPES:
-        return _value_column(tuple(map(_native, values)))
-    return [PLAIN, *_plain_items(values)]
-
-
-def _native(v: Any) -> Value:
-    """The plain built-in value for a subclass (an IntEnum, a bytearray); ValueError if none."""
-    for base in (bool, int, float, str):
-        if isinstance(v, base):
-            return base(v)
-    if isinstance(v, bytes | bytearray | memoryview):
-        return bytes(v)
-    if v is None:
-        return None
-    raise ValueError(f"values must be bool, int, float, str, bytes or None; got {v!r}")
-
-
-def _split_quality(quals: tuple[int, ...], values: tuple[Value, ...]) -> tuple[
-        list[list[int]], tuple[Value, ...], list[Value]]:
-    """Quality runs ``[index, code(, count)]``, good values, bad values (in order)."""
-    runs: list[list[int]] = []
-    good: list[Value] = []
-    bad: list[Value] = []
-    i = 0
-    for code, group in groupby(quals):
-        k = len(list(group))
-        if code:
-            if isinstance(code, bool) or code not in QUALITIES:
-                raise ValueError(f"quality {code!r} is not a drivers.api.Quality")
-            runs.append([i, int(code)] if k == 1 else [i, int(code), k])
-            bad.extend(values[i:i + k])
-        else:
-            good.extend(values[i:i + k])
-        i += k
-    return runs, tuple(good), bad
+_SEQ, _POINT, _UNIT, _TS, _VALUE, _QUALITY = map(itemgetter, range(6))
+_INT = frozenset({int})
 
 
 class _Encoder:
@@ -217,7 +61,9 @@ class _Encoder:
     def __init__(self, first_seq: int, t0: int) -> None:
         self.strings: dict[str, int] = {}
         self.n_strings = 0
+        #: Timestamp columns of the series before the latest one, and where each was last.
         self.ts_seen: dict[tuple[int, ...], int] = {}
+        self.last_ts: list[int] | None = None
         self.prev_first = first_seq
         self.t0 = t0
         self.series: list[list[Any]] = []
@@ -227,7 +73,7 @@ class _Encoder:
         out: list[str | int] = []
         for part in parts:
             i = self.strings.get(part)
-            if i is not None and (i < 24 or _isize(i) <= len(part)):
+            if i is not None and (i < 24 or isize(i) <= len(part)):
                 out.append(i)
             else:
                 self.strings.setdefault(part, self.n_strings)
@@ -235,35 +81,39 @@ class _Encoder:
                 out.append(part)
         return out
 
-    def add(self, point: str, unit: str | None, group: list[Row]) -> None:
-        seqs, _, _, tss, values, quals = zip(*group, strict=True)
-        deltas = list(map(sub, seqs[1:], seqs[:-1]))
-        if deltas and min(deltas) <= 0:
-            group.sort(key=itemgetter(0))
-            seqs, _, _, tss, values, quals = zip(*group, strict=True)
-            deltas = list(map(sub, seqs[1:], seqs[:-1]))
+    def add(self, key: tuple[str, str | None], seqs: Sequence[int], tss: list[int],
+            values: list[Value], quals: list[int] | None, *, step: int | None) -> None:
+        """One series, seqs ascending; ``step``: the delta between all its seqs, when known."""
+        point, unit = key
+        seq_items = rle(list(map(sub, seqs[1:], seqs[:-1]))) if step is None else steps(
+            len(seqs) - 1, step)
         item: list[Any] = [self.refs(point.split("/")), None if unit is None else
                            self.refs([unit])[0],
-                           [seqs[0] - self.prev_first, *_rle(deltas)], self._ts(tss)]
+                           [seqs[0] - self.prev_first, *seq_items], self._ts(tss)]
         self.prev_first = seqs[0]
-        if any(quals):
-            runs, values, bad = _split_quality(quals, values)
-            item.append(_value_column(values))
+        if quals is not None and any(quals):
+            runs, values, bad = split_quality(quals, values)
+            item.append(value_column(values))
             options: dict[int, Any] = {OPT_QUALITY: runs}
             if any(v is not None for v in bad):
-                options[OPT_BAD_VALUES] = _plain_items(bad)
+                options[OPT_BAD_VALUES] = plain_items(bad)
             item.append(options)
         else:
-            item.append(_value_column(values))
+            item.append(value_column(values))
         self.series.append(item)
 
-    def _ts(self, tss: tuple[int, ...]) -> int | list[Any]:
+    def _ts(self, tss: list[int]) -> int | list[Any]:
+        last = self.last_ts
+        if tss == last:
+            return 1  # lockstep: the same timestamps as the series just before
         i = len(self.series)
-        before = self.ts_seen.get(tss)
-        self.ts_seen[tss] = i
+        if last is not None:
+            self.ts_seen[tuple(last)] = i - 1
+        self.last_ts = tss
+        before = self.ts_seen.get(tuple(tss))
         if before is not None:
             return i - before  # same timestamps as the series that many places back
-        return [tss[0] - self.t0, *_rle(list(map(sub, tss[1:], tss[:-1])))]
+        return [tss[0] - self.t0, *rle(list(map(sub, tss[1:], tss[:-1])))]
 
 
 def _check_header(gateway_id: str, epoch: int, batch_seq: int,
@@ -279,32 +129,140 @@ def _check_header(gateway_id: str, epoch: int, batch_seq: int,
                              "and 11")
 
 
-def _group(rows: Sequence[Row]) -> dict[tuple[str, str | None], list[Row]]:
-    groups: dict[tuple[str, str | None], list[Row]] = {}
-    for row in rows:
-        key = row[1], row[2]
+def _lockstep(ids: list[list[Any]]) -> int:
+    """The period p when the id columns cycle through p distinct ids in one order, else 0."""
+    try:
+        p = len(set(ids[0]))
+    except TypeError:  # unhashable: the general path says which row
+        return 0
+    return p if all(col[p:] == col[:-p] for col in ids) else 0
+
+
+def _valid_key(key: tuple[Any, Any]) -> bool:
+    return isinstance(key[0], str) and (key[1] is None or isinstance(key[1], str))
+
+
+def _group(rows: Sequence[Row], points: list[str], units: list[str | None],
+           ) -> dict[tuple[str, str | None], list[int]]:
+    """The row indexes of each (point, unit), in order of first appearance."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, key in enumerate(zip(points, units, strict=True)):
         group = groups.get(key)
         if group is None:
-            if not isinstance(row[1], str) or not (row[2] is None or isinstance(row[2], str)):
-                raise ValueError(f"row {row!r}: point must be str and unit str or None")
-            groups[key] = [row]
+            if not _valid_key(key):
+                raise ValueError(f"row {rows[i]!r}: point must be str and unit str or None")
+            groups[key] = [i]
         else:
-            group.append(row)
+            group.append(i)
     return groups
 
 
-def _seq_range(rows: Sequence[Row], gaps: Sequence[Gap]) -> tuple[int, int]:
-    seqs = list(map(itemgetter(0), rows))
-    if rows:
-        if not set(map(type, seqs)) <= {int} or min(seqs) < 0:
-            raise ValueError("row seqs must be non-negative ints")
-        if len(set(seqs)) != len(seqs):
-            raise ValueError("row seqs must be unique within a batch")
+def _check_seqs(seqs: Sequence[int]) -> tuple[bool, bool]:
+    """``(contiguous, ascending)``; ValueError unless the seqs are unique non-negative ints."""
+    if isinstance(seqs, range):
+        contiguous = seqs.step == 1
+        if contiguous and (not seqs or seqs.start >= 0):
+            return True, True
+        seqs = list(seqs)
+    if not seqs:
+        return True, True
+    if not set(map(type, seqs)) <= _INT:
+        raise ValueError("row seqs must be non-negative ints")
+    first = seqs[0]
+    contiguous = seqs == list(range(first, first + len(seqs)))
+    if (first if contiguous else min(seqs)) < 0:
+        raise ValueError("row seqs must be non-negative ints")
+    if contiguous:
+        return True, True
+    if len(set(seqs)) != len(seqs):
+        raise ValueError("row seqs must be unique within a batch")
+    return False, all(map(lt, seqs, seqs[1:]))
+
+
+def _seq_range(seqs: Sequence[int], ascending: bool, gaps: Sequence[Gap]) -> tuple[int, int]:
+    ends = [seqs[0], seqs[-1]] if ascending and seqs else [min(seqs), max(seqs)] if seqs else []
     for g in gaps:
         if not 0 <= g.first_seq <= g.last_seq or g.count < 0:
             raise ValueError(f"gap {g!r}: expected 0 <= first_seq <= last_seq, count >= 0")
-        seqs += (g.first_seq, g.last_seq)
-    return min(seqs), max(seqs)
+        ends += (g.first_seq, g.last_seq)
+    return min(ends), max(ends)
+
+
+Pick = slice | list[int]  # a group's rows: a strided slice, or indexes in seq order
+
+
+@dataclass(slots=True)
+class _Table:
+    """The rows as checked columns, and which rows form each series."""
+
+    seqs: Sequence[int]  # a range when the store's seqs are consecutive
+    ts: list[int]
+    values: list[Value]
+    quals: list[int] | None  # None: all good
+    contiguous: bool
+    ascending: bool
+    groups: list[tuple[tuple[str, str | None], Pick]] = field(default_factory=list)
+    #: The delta between the seqs of every series, when the rows are lockstep and contiguous.
+    step: int | None = None
+
+    @classmethod
+    def of(cls, rows: Sequence[Row]) -> _Table:
+        """ValueError for rows the decoder would refuse (seqs, timestamps, names)."""
+        if isinstance(rows, Rows):  # the store's columns: no tuples to take apart
+            table = cls(rows.seqs, rows.ts, rows.values, rows.quals, *_check_seqs(rows.seqs))
+            pids, names, units = rows.pids, rows.names, rows.units
+            if not table.lockstep([pids], lambda j: (names[pids[j]], units[pids[j]])):
+                table.group(rows, list(map(names.__getitem__, pids)),
+                            list(map(units.__getitem__, pids)))
+            return table
+        seqs: list[int] = list(map(_SEQ, rows))
+        table = cls(seqs, list(map(_TS, rows)), list(map(_VALUE, rows)),
+                    list(map(_QUALITY, rows)), *_check_seqs(seqs))
+        points: list[str] = list(map(_POINT, rows))
+        units_: list[str | None] = list(map(_UNIT, rows))
+        if not table.lockstep([points, units_], lambda j: (points[j], units_[j])):
+            table.group(rows, points, units_)
+        return table
+
+    def __post_init__(self) -> None:
+        if not set(map(type, self.ts)) <= _INT:
+            raise ValueError("timestamps must be int milliseconds")
+        if self.quals is not None and not any(self.quals):
+            self.quals = None
+
+    def lockstep(self, ids: list[list[Any]], key: Callable[[int], tuple[str, str | None]],
+                 ) -> bool:
+        """Every point once per cycle, in the same order: each series a strided slice."""
+        p = _lockstep(ids) if self.ascending else 0
+        keys = [key(j) for j in range(p)]
+        if not p or not all(map(_valid_key, keys)) or len(set(keys)) != p:
+            return False
+        self.groups = [(k, slice(j, None, p)) for j, k in enumerate(keys)]
+        self.step = p if self.contiguous else None
+        return True
+
+    def group(self, rows: Sequence[Row], points: list[str], units: list[str | None]) -> None:
+        """Any order: the indexes of each (point, unit), in seq order."""
+        groups = _group(rows, points, units)
+        if not self.ascending:
+            for idx in groups.values():
+                idx.sort(key=self.seqs.__getitem__)
+        self.groups = list(groups.items())
+
+    def series(self, first_seq: int) -> tuple[int, list[list[Any]]]:
+        """``(t0, the series array)``."""
+        t0 = min(self.ts)
+        encoder = _Encoder(first_seq, t0)
+        seqs, ts, values, quals = self.seqs, self.ts, self.values, self.quals
+        for key, pick in self.groups:
+            if isinstance(pick, slice):
+                encoder.add(key, seqs[pick], ts[pick], values[pick],
+                            None if quals is None else quals[pick], step=self.step)
+            else:
+                take = itemgetter(*pick) if len(pick) > 1 else lambda c, i=pick[0]: (c[i],)
+                encoder.add(key, list(take(seqs)), list(take(ts)), list(take(values)),
+                            None if quals is None else list(take(quals)), step=None)
+        return t0, encoder.series
 
 
 def _is_uint(v: object) -> bool:
@@ -343,16 +301,10 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
     doc: dict[int, Any] = {K_VERSION: FORMAT_VERSION, K_GATEWAY: gateway_id, K_EPOCH: epoch,
                            K_BATCH_SEQ: batch_seq}
     if rows or gaps:
-        doc[K_FIRST_SEQ], doc[K_LAST_SEQ] = _seq_range(rows, gaps)
-    if rows:
-        if not set(map(type, map(itemgetter(3), rows))) <= {int}:
-            raise ValueError("timestamps must be int milliseconds")
-        t0 = min(map(itemgetter(3), rows))
-        encoder = _Encoder(doc[K_FIRST_SEQ], t0)
-        for (point, unit), group in _group(rows).items():
-            encoder.add(point, unit, group)
-        doc[K_T0] = t0
-        doc[K_SERIES] = encoder.series
+        table = _Table.of(rows)
+        doc[K_FIRST_SEQ], doc[K_LAST_SEQ] = _seq_range(table.seqs, table.ascending, gaps)
+        if rows:
+            doc[K_T0], doc[K_SERIES] = table.series(doc[K_FIRST_SEQ])
     if gaps:
         doc[K_GAPS] = [[g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, list(g.points),
                         bool(g.points_truncated)] for g in gaps]
@@ -360,7 +312,7 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
         doc[K_LOSSES] = loss_items
     doc.update(extra or {})
     # Canonical mode writes each float in its shortest exact form (RFC 8949 §4.1).
-    return cbor2.dumps(doc, canonical=True)
+    return cbor2.dumps(doc, canonical=True, default=write_raw)
 
 
 def decode_batch(payload: bytes) -> Batch:

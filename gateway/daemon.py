@@ -11,7 +11,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -520,14 +520,23 @@ class Gateway:
         lease = self.store.lease(limit)
         if lease is None:
             return None
+        try:
+            return self._message(lease, max_payload)
+        except BaseException:
+            # (a batch seq that cannot be reserved, say): the lease must not stay in flight
+            self.store.release(lease)
+            raise
+
+    def _message(self, lease: Lease, max_payload: int) -> tuple[_InFlight, bytes]:
         rows = lease.rows
         payload = self._encode(lease, rows)
         if payload is None:
             # Something in these rows cannot be encoded (a float timestamp, an unknown
             # quality, text that is not UTF-8): send what can be, the rest as MALFORMED.
-            rows = [_sanitized(r) if self._encode(lease, [r]) is None else r for r in rows]
+            original = list(rows)  # lease.rows builds its tuples afresh on each pass
+            rows = [_sanitized(r) if self._encode(lease, [r]) is None else r for r in original]
             self.counters["malformed"] = self.counters.get("malformed", 0) + sum(
-                1 for r, o in zip(rows, lease.rows, strict=True) if r is not o)
+                1 for r, o in zip(rows, original, strict=True) if r is not o)
             payload = self._encode(lease, rows) or b""
         if len(payload) > max_payload and len(rows) == 1:
             # One reading larger than the broker takes: its value cannot travel, its
@@ -540,7 +549,7 @@ class Gateway:
         slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows))
         return slim, sign1(payload, self._key, self._kid)
 
-    def _encode(self, lease: Lease, rows: list[Row]) -> bytes | None:
+    def _encode(self, lease: Lease, rows: Sequence[Row]) -> bytes | None:
         assert self.store is not None  # noqa: S101
         spans = self.clock.extension(lease.first_seq, lease.last_seq)
         try:

@@ -4,10 +4,16 @@ The private key is a PKCS#8 PEM file (unencrypted: the daemon starts unattended)
 the service user may read. A key file readable by group or others, or owned by another
 user, is refused with a message that says how to fix it (the same rule as OpenSSH's
 "UNPROTECTED PRIVATE KEY FILE").
+
+The daemon reads and writes that file without ``cryptography.hazmat.primitives.serialization``:
+the package imports its SSH, cipher and legacy-algorithm modules, resident for the daemon's
+whole life, to frame 48 bytes. A file in any other form goes to it (:func:`_parse_private`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import os
@@ -15,7 +21,6 @@ import pwd
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from provisioning._files import fsync_dir
@@ -36,6 +41,10 @@ __all__ = [
 #: Bytes of SHA-256 over the raw public key that name it on the wire (COSE ``kid``).
 KEY_ID_BYTES = 8
 _MAX_KEY_FILE = 64 * 1024
+#: An Ed25519 private key as PKCS#8 is this DER and the 32-byte seed (RFC 8410 §7):
+#: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"  # RFC 7468 §10
 
 
 class KeyFileError(Exception):
@@ -52,8 +61,7 @@ class KeyFormatError(KeyFileError):
 
 def key_id(public_key: Ed25519PublicKey) -> bytes:
     """The key's id: the first 8 bytes of SHA-256 over its 32 raw bytes (RFC 8032 §5.1.5)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).digest()[:KEY_ID_BYTES]
+    return hashlib.sha256(public_key.public_bytes_raw()).digest()[:KEY_ID_BYTES]
 
 
 def fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -63,6 +71,8 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
 
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """The public half as a SubjectPublicKeyInfo PEM (RFC 8410 §4)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.PEM,
                             serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
@@ -110,7 +120,32 @@ def _read_checked(path: Path) -> bytes:
         os.close(fd)
 
 
+def _pem(seed: bytes) -> bytes:
+    """The PKCS#8 PEM of an Ed25519 seed, as ``private_bytes(PEM, PKCS8, NoEncryption())``."""
+    return b"%s\n%s\n%s\n" % (_PEM_BEGIN, base64.b64encode(_PKCS8_ED25519 + seed), _PEM_END)
+
+
+def _parse_pem(data: bytes) -> Ed25519PrivateKey | None:
+    """The key of a file in the form :func:`_pem` writes, or None for any other content."""
+    text = data.strip()
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        return None
+    try:
+        der = base64.b64decode(b"".join(text[len(_PEM_BEGIN):-len(_PEM_END)].split()),
+                               validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[len(_PKCS8_ED25519):])
+
+
 def _parse_private(path: Path, data: bytes) -> Ed25519PrivateKey:
+    fast = _parse_pem(data)
+    if fast is not None:
+        return fast
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:  # cryptography says "Password was not given but key is encrypted"
@@ -132,9 +167,7 @@ def _make_private_dir(directory: Path) -> None:
 
 def _create(path: Path) -> None:
     """Write a new key to a 0600 temp file, then link it in: it appears whole or not at all."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = _pem(Ed25519PrivateKey.generate().private_bytes_raw())
     _make_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -168,6 +201,8 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read an Ed25519 public key PEM (SubjectPublicKeyInfo, as :func:`public_key_pem` writes)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
+
     path = Path(path)
     data = path.read_bytes()
     try:

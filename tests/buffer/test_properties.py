@@ -54,9 +54,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.tmp.cleanup()
 
     def _waiting(self) -> set[int]:
-        return {s for x in self.store._unapplied.values()
-                if x.first_seq is not None and x.last_seq is not None
-                for s in range(x.first_seq, x.last_seq + 1)}
+        return {s for x in self.store._unapplied.values() for s in seqs(x.rows)}
 
     def _in_flight(self) -> set[int]:
         return {r[0] for lease in self.leases.values() for r in lease.rows}
@@ -135,8 +133,7 @@ class StoreMachine(RuleBasedStateMachine):
             # Acks whose delete was still waiting for a commit are undone by the crash: those
             # readings and gaps will be sent again (the platform drops them as duplicates).
             for x in old._unapplied.values():
-                if x.first_seq is not None and x.last_seq is not None:
-                    self.delivered -= set(range(x.first_seq, x.last_seq + 1))
+                self.delivered -= set(seqs(x.rows))
                 for gap in x.gaps:
                     self.lost -= set(range(gap.first_seq, gap.last_seq + 1))
             self.store = Store(self.path, max_bytes=64 * 1024)

@@ -278,3 +278,29 @@ def test_a_point_name_sqlite_cannot_store_is_dropped_not_fatal(tmp_path: Path) -
         lease = store.lease(100)
         assert lease is not None
         assert len(lease.rows) == 6
+
+
+def test_a_damaged_chunk_becomes_a_loss_record_and_the_rest_flows(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with Store(path) as store:
+        for i in range(3):  # three commits: three chunks, seqs 1-10, 11-20, 21-30
+            store.append(readings(10, start=i * 10))
+            store.commit()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE chunks SET data = x'00112233' WHERE lo = 11")  # the card lies
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        got: list[int] = []
+        losses = []
+        while (lease := store.lease(100)) is not None:
+            got += seqs(lease.rows)
+            losses += lease.losses
+            store.ack(lease)
+        damaged = [x for x in losses if x.reason == "damaged"]
+        assert [(x.first_seq, x.last_seq, x.count) for x in damaged] == [(11, 20, 10)]
+        assert got == [*range(1, 11), *range(21, 31)]
+        assert store.stats().depth == 0
+        store.append(readings(2, start=30))
+        assert store.commit() == 2
+        assert store.last_seq == 32
