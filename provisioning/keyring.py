@@ -18,7 +18,6 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from provisioning._files import write_public
@@ -55,12 +54,17 @@ def kid_for(public_key: ed25519.Ed25519PublicKey) -> str:
 
 
 def public_pem(public_key: ed25519.Ed25519PublicKey) -> bytes:
+    # Imported here: the daemon never needs it, and it costs about 1 MB of RSS.
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     return public_key.public_bytes(serialization.Encoding.PEM,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_public_pem(pem: bytes, *, source: str = "public key") -> ed25519.Ed25519PublicKey:
     """Parse an Ed25519 SubjectPublicKeyInfo PEM."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see public_pem
+
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError as exc:
