@@ -128,7 +128,7 @@ class Rows(Sequence["Row"]):
         self.ts = ts
         self.values = values
         self.quals = quals  # None: all good
-        #: Point id to name and unit: the store's own maps (they only grow).
+        #: Point id to name and unit: the store's own maps (a committed id keeps its point).
         self.names = names
         self.units = units
 

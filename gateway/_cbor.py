@@ -11,7 +11,7 @@ mode writes for the same list (RFC 8949 §4.2.1: shortest heads, definite length
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from typing import Any
 
 import cbor2
 
@@ -70,22 +70,21 @@ def tiny_array(prefix: list[int], packed: bytes) -> Raw | None:
     """``[*prefix, *items]`` as CBOR: the items are the ints of ``packed`` (signed bytes), and
     each run of 4 or more equal ones is written ``[count, int]`` (shorter from 4 on: 3 bytes).
 
-    None unless every packed int is in -24..23 and no prefix int is a bignum. These are the
-    items ``gateway._columns.rle`` makes: for one-byte deltas its runs are those of 4 or more.
+    All prefix ints but the last are in 0..23 (a column kind, a decimal count). None unless
+    every packed int is in -24..23 and the last prefix int is no bignum. These are the items
+    ``gateway._columns.rle`` makes: for one-byte deltas its runs are those of 4 or more.
     """
     items = packed.translate(_TINY)
-    if b"\xff" in items:
+    first = _int(prefix[-1])
+    if first is None or b"\xff" in items:
         return None
-    maybe = list(map(_int, prefix))
-    if None in maybe:
-        return None
-    heads = cast("list[bytes]", maybe)
+    head = bytes(prefix[:-1]) + first
     n = len(packed)
     # A zero byte where an item equals the next: XOR of the bytes and the bytes one further.
     same = (int.from_bytes(packed[1:]) ^ int.from_bytes(packed[:-1])).to_bytes(max(0, n - 1))
     if b"\0\0\0" not in same:
-        return Raw(_head(_ARRAY, len(prefix) + n) + b"".join(heads) + items)
-    parts = heads
+        return Raw(_head(_ARRAY, len(prefix) + n) + head + items)
+    parts = [head]
     count = len(prefix) + n
     done = 0
     for run in _SAME3.finditer(same):

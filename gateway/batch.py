@@ -6,6 +6,7 @@ its reference encoder and a strict decoder.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from operator import itemgetter, lt, sub
 from typing import TYPE_CHECKING, Any
@@ -55,12 +56,36 @@ _SEQ, _POINT, _UNIT, _TS, _VALUE, _QUALITY = map(itemgetter, range(6))
 _INT = frozenset({int})
 
 
+_Name = tuple[list[str | int], str | int | None]  # a series' name and unit, as written
+
+
+@functools.lru_cache(maxsize=8)
+def _names(keys: tuple[tuple[str, str | None], ...]) -> list[_Name]:
+    """Each series' name (split at "/") and unit as strrefs, through one string table.
+
+    A gateway sends the same points in the same order batch after batch: cached.
+    """
+    strings: dict[str, int] = {}  # each text's first index in the decoder's table
+    n = 0  # the table's length: every text written is appended, repeats too
+
+    def ref(part: str) -> str | int:
+        """A table index when that is shorter, else the text."""
+        nonlocal n
+        i = strings.get(part)
+        if i is not None and (i < 24 or isize(i) <= len(part)):
+            return i
+        strings.setdefault(part, n)
+        n += 1
+        return part
+
+    return [([ref(part) for part in point.split("/")], None if unit is None else ref(unit))
+            for point, unit in keys]
+
+
 class _Encoder:
-    """Builds the series array; holds the string table and the timestamp columns seen."""
+    """Builds the series array; holds the timestamp columns seen."""
 
     def __init__(self, first_seq: int, t0: int) -> None:
-        self.strings: dict[str, int] = {}
-        self.n_strings = 0
         #: Timestamp columns of the series before the latest one, and where each was last.
         self.ts_seen: dict[tuple[int, ...], int] = {}
         self.last_ts: list[int] | None = None
@@ -68,28 +93,12 @@ class _Encoder:
         self.t0 = t0
         self.series: list[list[Any]] = []
 
-    def refs(self, parts: list[str]) -> list[str | int]:
-        """Each part as a table index when that is shorter, else as text (appended)."""
-        out: list[str | int] = []
-        for part in parts:
-            i = self.strings.get(part)
-            if i is not None and (i < 24 or isize(i) <= len(part)):
-                out.append(i)
-            else:
-                self.strings.setdefault(part, self.n_strings)
-                self.n_strings += 1
-                out.append(part)
-        return out
-
-    def add(self, key: tuple[str, str | None], seqs: Sequence[int], tss: list[int],
-            values: list[Value], quals: list[int] | None, *, step: int | None) -> None:
+    def add(self, name: _Name, seqs: Sequence[int], tss: list[int], values: list[Value],
+            quals: list[int] | None, *, step: int | None) -> None:
         """One series, seqs ascending; ``step``: the delta between all its seqs, when known."""
-        point, unit = key
         seq_items = rle(list(map(sub, seqs[1:], seqs[:-1]))) if step is None else steps(
             len(seqs) - 1, step)
-        item: list[Any] = [self.refs(point.split("/")), None if unit is None else
-                           self.refs([unit])[0],
-                           [seqs[0] - self.prev_first, *seq_items], self._ts(tss)]
+        item: list[Any] = [*name, [seqs[0] - self.prev_first, *seq_items], self._ts(tss)]
         self.prev_first = seqs[0]
         if quals is not None and any(quals):
             runs, values, bad = split_quality(quals, values)
@@ -188,7 +197,7 @@ def _seq_range(seqs: Sequence[int], ascending: bool, gaps: Sequence[Gap]) -> tup
     return min(ends), max(ends)
 
 
-Pick = slice | list[int]  # a group's rows: a strided slice, or indexes in seq order
+_Pick = slice | list[int]  # a group's rows: a strided slice, or indexes in seq order
 
 
 @dataclass(slots=True)
@@ -201,7 +210,7 @@ class _Table:
     quals: list[int] | None  # None: all good
     contiguous: bool
     ascending: bool
-    groups: list[tuple[tuple[str, str | None], Pick]] = field(default_factory=list)
+    groups: list[tuple[tuple[str, str | None], _Pick]] = field(default_factory=list)
     #: The delta between the seqs of every series, when the rows are lockstep and contiguous.
     step: int | None = None
 
@@ -254,13 +263,14 @@ class _Table:
         t0 = min(self.ts)
         encoder = _Encoder(first_seq, t0)
         seqs, ts, values, quals = self.seqs, self.ts, self.values, self.quals
-        for key, pick in self.groups:
+        names = _names(tuple(key for key, _ in self.groups))
+        for name, (_key, pick) in zip(names, self.groups, strict=True):
             if isinstance(pick, slice):
-                encoder.add(key, seqs[pick], ts[pick], values[pick],
+                encoder.add(name, seqs[pick], ts[pick], values[pick],
                             None if quals is None else quals[pick], step=self.step)
             else:
                 take = itemgetter(*pick) if len(pick) > 1 else lambda c, i=pick[0]: (c[i],)
-                encoder.add(key, list(take(seqs)), list(take(ts)), list(take(values)),
+                encoder.add(name, list(take(seqs)), list(take(ts)), list(take(values)),
                             None if quals is None else list(take(quals)), step=None)
         return t0, encoder.series
 
