@@ -119,6 +119,14 @@ def ids(platform: Platform, epoch: int) -> list[int]:
     return [rid for e, _s, rid in platform.delivered if e == epoch]
 
 
+
+def _started(tmp_path: Path) -> tuple[Path, Platform, Store, int]:
+    """A store in ``tmp_path/a`` with a platform to deliver to."""
+    path = tmp_path / "a" / "buffer.db"
+    path.parent.mkdir()
+    store = Store(path)
+    return path, Platform(), store, store.epoch
+
 def only_loss(lease: Lease | None) -> Loss:
     """The one loss the damage explains; after an unclean stop it may be followed by the
     record of the skipped seq reservation (same reason, an exact seq range)."""
@@ -207,10 +215,7 @@ def test_database_replaced_by_an_older_copy_starts_a_new_epoch(tmp_path: Path) -
 
 
 def test_corrupt_database_is_moved_aside_and_its_epoch_reported_lost(tmp_path: Path) -> None:
-    path, platform = tmp_path / "a" / "buffer.db", Platform()
-    path.parent.mkdir()
-    store = Store(path)
-    epoch = store.epoch
+    path, platform, store, epoch = _started(tmp_path)
     store.append(emit(30))
     store.commit()
     send(store, platform, 10)
@@ -234,10 +239,7 @@ def test_corrupt_database_is_moved_aside_and_its_epoch_reported_lost(tmp_path: P
 
 
 def test_kill_without_close_reports_what_was_in_memory(tmp_path: Path) -> None:
-    path, platform = tmp_path / "a" / "buffer.db", Platform()
-    path.parent.mkdir()
-    store = Store(path)
-    epoch = store.epoch
+    path, platform, store, epoch = _started(tmp_path)
     store.append(emit(10))
     store.commit()
     send(store, platform)  # 1-10 delivered and acked
@@ -269,10 +271,7 @@ def test_kill_without_close_reports_what_was_in_memory(tmp_path: Path) -> None:
 
 
 def test_another_boot_id_reports_a_power_loss(tmp_path: Path) -> None:
-    path, platform = tmp_path / "a" / "buffer.db", Platform()
-    path.parent.mkdir()
-    store = Store(path)
-    epoch = store.epoch
+    path, platform, store, epoch = _started(tmp_path)
     store.append(emit(10))
     store.commit()
     send(store, platform, ack=False)  # 1-10 delivered, the ack lost (anchor: seq_left=10)
@@ -304,10 +303,7 @@ def test_another_boot_id_reports_a_power_loss(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tear", ["while-writing", "older-slot", "both-slots"])
 def test_a_torn_anchor_slot_falls_back_to_the_other(tmp_path: Path, tear: str) -> None:
-    path, platform = tmp_path / "a" / "buffer.db", Platform()
-    path.parent.mkdir()
-    store = Store(path)
-    epoch = store.epoch
+    path, platform, store, epoch = _started(tmp_path)
     store.append(emit(10))
     store.commit()
     first_batch = seal(store, send(store, platform, ack=True)).batch_seq  # 1-10 acked
