@@ -56,10 +56,7 @@ class _Proc:
         return 0.0
 
     def written(self) -> int:
-        for line in self._read("io").splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-        return 0
+        return _written(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
