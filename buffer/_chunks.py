@@ -20,6 +20,7 @@ import marshal
 import zlib
 from collections.abc import Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, overload
 
 from buffer._codec import coerce, valid
@@ -45,6 +46,7 @@ _Q_MAX = 1 << 32
 _Q_TYPES = frozenset({int, bool, Quality})
 _TS_TYPES = frozenset({int, float})
 _INT = {int}
+_KEY, _TS, _VALUE, _QUALITY = itemgetter(0, 4), itemgetter(1), itemgetter(2), itemgetter(3)
 
 #: (point ids, timestamps, values, qualities or None when all are good)
 Columns = tuple[list[int], list[int], list["Value"], list[int] | None]
@@ -62,11 +64,11 @@ def pack(batch: Sequence[Reading], ids: Mapping[tuple[str, str | None], int],
     name that cannot be stored).
     """
     get = ids.get
-    pids = [get((r[0], r[4])) for r in batch]
+    pids = list(map(get, map(_KEY, batch)))
     if None in pids:
         pids = [p if p is not None else (get((r[0], r[4])) or intern(r[0], r[4]))
                 for p, r in zip(pids, batch, strict=True)]
-    ts = [r[1] for r in batch]
+    ts = list(map(_TS, batch))
     types = set(map(type, ts))
     # A float timestamp is kept (it travels as MALFORMED: the reading existed); anything else
     # is refused.
@@ -76,7 +78,7 @@ def pack(batch: Sequence[Reading], ids: Mapping[tuple[str, str | None], int],
     lo, hi = min(ts), max(ts)
     if lo < _I64_MIN or hi > _I64_MAX:
         raise ValueError("a timestamp is out of range")
-    qs: list[int] | None = [r[3] for r in batch]
+    qs: list[int] | None = list(map(_QUALITY, batch))
     if not set(map(type, qs)) <= _Q_TYPES:  # type: ignore[arg-type]
         raise TypeError("a quality is not an int")
     if any(qs):  # type: ignore[arg-type]
@@ -85,7 +87,7 @@ def pack(batch: Sequence[Reading], ids: Mapping[tuple[str, str | None], int],
         qs = list(map(int, qs))  # type: ignore[arg-type]
     else:
         qs = None
-    return pack_columns((pids, ts, [r[2] for r in batch], qs)), lo, hi  # type: ignore[arg-type]
+    return pack_columns((pids, ts, list(map(_VALUE, batch)), qs)), lo, hi  # type: ignore[arg-type]
 
 
 def pack_columns(cols: Columns) -> bytes:

@@ -211,8 +211,46 @@ def _scaled(values: list[float], k: int) -> tuple[list[int] | None, list[float]]
     return mantissas, []
 
 
+#: ``_places`` of values seen before: the memo of a pure function, bounded like ``_MEMO``.
+_PLACES: dict[float, int | None] = {}
+
+
+def _most_places(values: list[float]) -> int | None:
+    """The most decimals any value needs (``max`` of :func:`_places`); None if one has none."""
+    try:
+        return max(map(_PLACES.__getitem__, values))  # type: ignore[type-var]
+    except KeyError:
+        pass
+    except TypeError:  # a None among them
+        return None
+    if len(_PLACES) > _MEMO_MAX:
+        _PLACES.clear()
+    places = [_PLACES[v] if v in _PLACES else _PLACES.setdefault(v, _places(v)) for v in values]
+    return None if None in places else max(places)  # type: ignore[type-var]
+
+
 def _mantissas(values: list[float]) -> tuple[int, list[int]] | None:
     """Decimals k and mantissas for a scaled-decimal column, or None when there are none.
+
+    k is the most decimals any value needs, when every value comes back with that many (the
+    usual case: two lookups per value once the values have been seen). Otherwise
+    :func:`_mantissas_search` looks further; both give the same k (docs/wire-format.md 3.4).
+    """
+    try:
+        k = _most_places(values)
+        if k is not None:
+            mantissas, failing = _scaled(values, k)
+            if mantissas is not None:
+                return k, mantissas
+            if not failing:
+                return None
+    except (ValueError, OverflowError):  # NaN, infinities
+        return None
+    return _mantissas_search(values)
+
+
+def _mantissas_search(values: list[float]) -> tuple[int, list[int]] | None:
+    """:func:`_mantissas` when some value does not come back with the most decimals any needs.
 
     k starts at what the first value needs; when some value does not come back, k becomes
     the most any such value needs, until all do. Large values can come back with fewer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import gc
 import json
 import logging
 import signal
@@ -170,6 +171,22 @@ def _lean_malloc() -> None:
         mallopt(m_mmap_threshold, 128 * 1024)
 
 
+def _quiet_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    Readings are tuples, and tuples are tracked by the collector: at full speed the daemon makes
+    hundreds of thousands a second, each living until its group commit. With the default
+    thresholds that triggers a collection every 700 allocations and, as readings survive into
+    the older generations, frequent full collections over every object of the process. What
+    the daemon imported and built at start is frozen out of collection, and a young collection
+    runs every 20,000 allocations; reference counting still frees readings at once (they hold
+    no cycles), and the collector still runs for the rare cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _lean_malloc()
     from gateway.config import load_config  # noqa: PLC0415
@@ -181,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         setup_logging(cfg.gateway.log_level)
     # systemd's watchdog kills a hung gateway with SIGABRT: every thread's stack goes to the log.
     faulthandler.enable()
+    _quiet_gc()
 
     async def go() -> int:
         gw = Gateway(cfg)
