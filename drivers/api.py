@@ -61,6 +61,8 @@ __all__ = [
     "StateStore",
     "UdpDrops",
     "Value",
+    "WRITE_FAILURES",
+    "WriteError",
     "dump",
     "load",
     "option",
@@ -69,6 +71,38 @@ __all__ = [
 
 Value = bool | int | float | str | bytes | None
 C = TypeVar("C")
+
+#: Why a write did not happen, as a command's result says it (docs/wire-format.md, commands).
+WRITE_FAILURES = frozenset({
+    "not-writable",  # the driver cannot write this point (no write template, read-only table)
+    "bad-value",     # the value does not fit the point's encoding (type, width, scale)
+    "device-error",  # the device answered with an error (Modbus exception, NAK, error reply)
+    "timeout",       # no answer in time
+    "unavailable",   # port, connection or device not there; a command waits and retries
+    "mismatch",      # written, but the read-back value differs
+    "rejected",      # a radio or modem refused to send (LoRa TX_ACK error, busy duty cycle)
+})
+
+
+class WriteError(Exception):
+    """A write that did not happen as asked.
+
+    Args:
+        reason: one of :data:`WRITE_FAILURES`.
+        detail: what happened, for a person (``"exception 2 (illegal data address)"``).
+        code: the device's own error code when it sent one (a Modbus exception code).
+        value: the value read back, for ``mismatch``.
+    """
+
+    def __init__(self, reason: str, detail: str, *, code: int | None = None,
+                 value: Value = None) -> None:
+        if reason not in WRITE_FAILURES:
+            raise ValueError(f"unknown write failure {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+        self.value = value
 
 
 class Quality(enum.IntEnum):
@@ -281,6 +315,28 @@ class Driver(Generic[C]):
     def points(self) -> Iterable[tuple[str, str | None]]:
         """The (point name, unit) pairs this driver can emit, for docs and checks."""
         return ()
+
+    def writable_points(self) -> Iterable[str]:
+        """The points :meth:`write` can write (optional; none by default).
+
+        The cabinet's ``[commands]`` config decides which of them a command may write, and
+        within which limits: a driver only says what it is able to do.
+        """
+        return ()
+
+    async def write(self, point: str, value: Value) -> Value:
+        """Write ``value`` to ``point``, read it back and return what the device now reports.
+
+        Called by the gateway's command runner only for a point in :meth:`writable_points`,
+        with a value the cabinet's limits already accepted, one write per point at a time. A
+        write goes ahead of queued polls and never interleaves with a transaction in progress.
+        A device that does not answer raises at once (``timeout`` or ``unavailable``): the
+        runner keeps the command and retries until it expires.
+
+        Raises:
+            WriteError: the write did not happen as asked; ``reason`` says why.
+        """
+        raise WriteError("not-writable", f"the {self.name} driver cannot write {point}")
 
     @classmethod
     def register_cli(
