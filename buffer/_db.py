@@ -92,6 +92,12 @@ def _v2(conn: sqlite3.Connection) -> None:
         log.info("buffer: %d readings moved to the packed format", moved)
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    from buffer._commands import v3  # noqa: PLC0415 - that module imports this one
+
+    v3(conn)
+
+
 def _v1_chunk(conn: sqlite3.Connection, run: list[tuple[int, int, int, DbValue, int]]) -> None:
     mask = (1 << KIND_BITS) - 1
     values = [v if not q & mask else decode(q & mask, v) for _s, _p, _t, v, q in run]
@@ -103,7 +109,7 @@ def _v1_chunk(conn: sqlite3.Connection, run: list[tuple[int, int, int, DbValue, 
 
 
 #: ``MIGRATIONS[n]`` takes a database from ``user_version`` n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 
 
 def schema_version() -> int:

@@ -30,6 +30,7 @@ fsyncs the database (tests and RAM disks only; the anchor still guards the seqs)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -50,7 +51,7 @@ from buffer._reserve import Reserve, free_bytes
 from buffer.types import Gap, Lease, Loss, StoreStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from buffer._chunks import Columns
     from buffer.types import Row
@@ -761,6 +762,17 @@ class Store:
             seq = self._batch_next
             self._batch_next += 1
             return seq
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection, under its lock, for a side table (buffer/_commands.py);
+        SQLite errors become :class:`StoreError`."""
+        with self._db_lock:
+            self._check_open()
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
 
     def kv_get(self, key: str) -> bytes | None:
         with self._db_lock:

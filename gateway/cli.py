@@ -18,7 +18,7 @@ from drivers.api import ConfigError
 __all__ = ["main"]
 
 _CORE = {"run", "check", "key", "buffer", "verify", "demo", "bench", "status", "drivers",
-         "new-driver", "hil", "-h", "--help", "--version"}
+         "new-driver", "hil", "command", "-h", "--help", "--version"}
 
 
 def _command(argv: list[str]) -> str | None:
@@ -86,6 +86,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from gateway import _cli_tools  # noqa: PLC0415
 
     _cli_tools.register(sub)
+    from gateway import command_cli  # noqa: PLC0415
+
+    command_cli.register(sub)
     from gateway.hil import register_cli as register_hil  # noqa: PLC0415
 
     register_hil(sub)
@@ -202,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         gw = Gateway(cfg)
+        gw.config_path = args.config
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, gw.stop)
         loop.add_signal_handler(signal.SIGINT, gw.stop)

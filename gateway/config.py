@@ -12,13 +12,16 @@ from drivers.api import ByteSize, ConfigError, ConfigIssue, Duration, dump, load
 from drivers.registry import Registry, load_registry
 
 __all__ = [
+    "ActionConfig",
     "BufferConfig",
+    "CommandsConfig",
     "Config",
     "ConfigError",
     "DriverInstance",
     "GatewayConfig",
     "TlsConfig",
     "UplinkConfig",
+    "WritableConfig",
     "load_config",
     "resolved",
 ]
@@ -89,6 +92,80 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WritableConfig:
+    """One point a command may write, and the limits the cabinet enforces on it."""
+
+    point: str = option(doc="the point's full name, as its readings carry it")
+    min: float | None = option(None, doc="lowest value accepted (numbers)")
+    max: float | None = option(None, doc="highest value accepted (numbers)")
+    step: float | None = option(None, doc="values must be min (or 0) plus a multiple of this")
+    allowed: list[Any] | None = option(None, doc="the only values accepted (instead of a range)")
+    min_interval: Duration = option(Duration(1.0), minimum=0, maximum=86400,
+                                    doc="at least this long between two writes of the point")
+
+    def validate(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self.allowed is not None and (self.min is not None or self.max is not None):
+            out.append(("allowed", "expected either allowed or min/max; got both"))
+        if self.min is not None and self.max is not None and self.min > self.max:
+            out.append(("max", f"expected max >= min ({self.min}); got {self.max}"))
+        if self.step is not None and self.step <= 0:
+            out.append(("step", f"expected a step above 0; got {self.step}"))
+        if self.allowed is not None and not self.allowed:
+            out.append(("allowed", "expected at least one value; got an empty list"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionConfig:
+    """A named action: a command says ``reset-meter-1``, the cabinet knows what that writes."""
+
+    name: str = option(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    point: str = option(doc="a point listed in [[commands.writable]]")
+    value: Any = option(doc="the value the action writes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandsConfig:
+    """Signed commands from the platform. Nothing is writable unless listed here."""
+
+    keys: list[str] = option(factory=list, doc="platform command public keys (PEM files, "
+                             "relative to state_dir); several while a key is rotated")
+    writable: list[WritableConfig] = option(factory=list)
+    actions: list[ActionConfig] = option(factory=list)
+    accept_config: bool = option(False, doc="accept whole config files by command")
+    config_rollback: Duration = option(
+        Duration(120.0), minimum=5, maximum=3600,
+        doc="a config applied by command is rolled back unless the uplink is up within this")
+    max_ttl: Duration = option(Duration(7 * 86400.0), minimum=1,
+                               doc="commands valid for longer than this are refused")
+    clock_skew: Duration = option(Duration(300.0), minimum=0, maximum=86400,
+                                  doc="how far the platform's clock may run ahead of ours")
+    retry: Duration = option(Duration(2.0), minimum=0.05, maximum=600,
+                             doc="first retry of a write whose device is unreachable")
+    keep_results: Duration = option(Duration(7 * 86400.0), minimum=60,
+                                    doc="results and seen ids are kept this long after expiry")
+
+    def validate(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        names = [w.point for w in self.writable]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                out.append((f"writable[{i}].point",
+                            f'expected each point once; got "{name}" again'))
+        seen: set[str] = set()
+        for i, a in enumerate(self.actions):
+            if a.point not in names:
+                out.append((f"actions[{i}].point",
+                            f'expected a point listed in writable; got "{a.point}"'))
+            if a.name in seen:
+                out.append((f"actions[{i}].name",
+                            f'expected a unique name; got "{a.name}" twice'))
+            seen.add(a.name)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class DriverInstance:
     driver: str
     instance: str
@@ -102,6 +179,7 @@ class Config:
     buffer: BufferConfig
     uplink: UplinkConfig
     drivers: list[DriverInstance]
+    commands: CommandsConfig = dataclasses.field(default_factory=CommandsConfig)
 
     def client_id(self) -> str:
         return self.uplink.client_id or f"streetgate-{self.gateway.id}"
@@ -112,6 +190,7 @@ class _Core:
     gateway: GatewayConfig
     buffer: BufferConfig = option(factory=BufferConfig)
     uplink: UplinkConfig = option(factory=UplinkConfig)
+    commands: CommandsConfig = option(factory=CommandsConfig)
     drivers: dict[str, list[dict[str, Any]]] = option(factory=dict)
 
 
@@ -164,7 +243,7 @@ def parse_config(raw: dict[str, Any], *, file: str, registry: Registry | None = 
     if issues or core is None:
         raise ConfigError(file, issues)
     return Config(file=file, gateway=core.gateway, buffer=core.buffer, uplink=core.uplink,
-                  drivers=drivers)
+                  drivers=drivers, commands=core.commands)
 
 
 def _load_drivers(section: Any, file: str, registry: Registry,
@@ -223,6 +302,8 @@ def resolved(cfg: Config, *, mask: bool = True) -> dict[str, Any]:
         "buffer": dump(cfg.buffer, mask=mask),
         "uplink": dump(cfg.uplink, mask=mask),
     }
+    if cfg.commands != CommandsConfig():
+        out["commands"] = dump(cfg.commands, mask=mask)
     drivers: dict[str, list[dict[str, Any]]] = {}
     for d in cfg.drivers:
         table = {"instance": d.instance, **dump(d.config, mask=mask)}

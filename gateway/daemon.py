@@ -23,6 +23,8 @@ from drivers.registry import Registry, load_registry
 from gateway import __version__
 from gateway.batch import encode_batch
 from gateway.clock import K_CLOCK, ClockTracker, boot_id
+from gateway.command import K_RESULTS
+from gateway.commander import Commander, Hooks
 from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
 from gateway.logs import flush_suppressed
@@ -74,6 +76,12 @@ class Gateway:
         self.store: Store | None = None
         self.uplink: Uplink | None = None
         self.drivers: dict[str, tuple[Driver[Any], HealthBoard]] = {}
+        self.commander: Commander | None = None
+        #: The config file's path, for config sent by command (set by ``streetgate run``).
+        self.config_path: str | Path | None = None
+        self._results_flying: set[str] = set()
+        self._riding: tuple[str, ...] = ()  # store thread: results the batch being built has
+        self._riding_results: list[bytes] = []
         self.counters = {"produced": 0, "delivered": 0, "batches": 0, "split": 0}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streetgate-store")
         self._stop = asyncio.Event()
@@ -154,6 +162,7 @@ class Gateway:
         self._kid = kid_for(self._key.public_key())
         self.store = await self._io_call(self._open_store)
         await self._start_clock()
+        self._start_commander()
         self.uplink = self._make_uplink()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -165,6 +174,8 @@ class Gateway:
                 self._start_service_tasks(tg)
                 for d in self.cfg.drivers:
                     self._start_driver(d)
+                if self.commander is not None:
+                    await self.commander.start()
                 self.ready.set()
                 await self.reporter.step()
                 self.notifier.ready()
@@ -285,10 +296,75 @@ class Gateway:
 
     def _make_uplink(self) -> Uplink:
         g = self.cfg.gateway
+        cmd = self.commander
         return Uplink(
             self.cfg.uplink, gateway_id=g.id, client_id=self.cfg.client_id(),
             on_ack=self._on_ack, on_lost=self._on_lost, status=self.status,
-            tls=self._tls_files())
+            tls=self._tls_files(), on_command=cmd.on_message if cmd else None,
+            on_connected=cmd.on_connected if cmd else None)
+
+    # -- commands (gateway/commander.py) --------------------------------------------------------
+    def _start_commander(self) -> None:
+        """Commands are taken only when a platform command key is configured."""
+        if not self.cfg.commands.keys:
+            return
+        assert self.store is not None  # noqa: S101
+        hooks = Hooks(
+            gateway_id=self.cfg.gateway.id, state_dir=Path(self.cfg.gateway.state_dir),
+            store=self.store, key=self._key, config=lambda: self.cfg.commands,
+            drivers=lambda: {inst: d for inst, (d, _h) in self.drivers.items()},
+            publish=lambda payload, acked: self.uplink is not None
+            and self.uplink.publish_result(payload, acked),
+            now_ms=lambda: time.time_ns() // 1_000_000, apply_config=self._apply_config,
+            uplink_up=lambda: self.uplink is not None and self.uplink.connected,
+            rollback_config=self._rollback_config)
+        self.commander = Commander(hooks, self._io_call)
+
+    async def _apply_config(self, text: bytes) -> tuple[bool, str]:
+        """A config file sent by command: checked like ``streetgate check``, kept beside the
+        running one as ``<file>.prev``, then applied like SIGHUP. ``(applied, why not)``."""
+        path = self.config_path
+        if path is None:
+            return False, "this gateway was not started from a config file"
+        path = Path(path)
+        new = path.with_name(path.name + ".new")
+        try:
+            await self._io_call(_write_synced, new, text)
+            cfg = await self._io_call(load_config, new, self.registry)
+        except ConfigError as exc:
+            new.unlink(missing_ok=True)
+            return False, "; ".join(exc.lines())[:450]
+        except OSError as exc:
+            return False, f"cannot write {new.name}: {exc}"
+        if cfg.gateway.id != self.cfg.gateway.id:
+            new.unlink(missing_ok=True)
+            return False, f"gateway.id {cfg.gateway.id!r} is not this gateway's"
+        if not cfg.commands.keys:
+            new.unlink(missing_ok=True)
+            return False, "the new config has no [commands] keys: it would lock the platform out"
+        prev = path.with_name(path.name + ".prev")
+        await self._io_call(_keep_previous, path, prev, new)
+        if not await self.reload(path):
+            await self._rollback_config()
+            return False, "the new config was refused on reload; the previous one is back"
+        _log.warning("config replaced by command; the previous one is kept as %s", prev.name)
+        return True, ""
+
+    async def _rollback_config(self) -> str:
+        path = self.config_path
+        if path is None:
+            return "nothing to roll back"
+        path = Path(path)
+        prev = path.with_name(path.name + ".prev")
+        try:
+            await self._io_call(_restore_previous, path, prev)
+        except OSError as exc:
+            return f"cannot restore {prev.name}: {exc}"
+        ok = await self.reload(path)
+        _log.warning("config rolled back to the previous file (%s)", "applied" if ok else
+                     "refused on reload")
+        return ("the previous config is back" if ok
+                else "the previous config could not be reloaded")
 
     def _preflight(self) -> None:
         """First boot (seed file), then refuse to run with keys others can read or own."""
@@ -373,6 +449,8 @@ class Gateway:
                   if stats.pending else "")
 
     async def _shutdown(self) -> None:
+        if self.commander is not None:
+            await self.commander.close()
         unacked = self.uplink.inflight if self.uplink is not None else 0
         if self.uplink is not None:
             await self.uplink.close()
@@ -524,11 +602,13 @@ class Gateway:
             return self._message(lease, max_payload)
         except BaseException:
             # (a batch seq that cannot be reserved, say): the lease must not stay in flight
+            self._results_flying.difference_update(self._riding)
             self.store.release(lease)
             raise
 
     def _message(self, lease: Lease, max_payload: int) -> tuple[_InFlight, bytes]:
         rows = lease.rows
+        self._riding_results = self._results()
         payload = self._encode(lease, rows)
         if payload is None:
             # Something in these rows cannot be encoded (a float timestamp, an unknown
@@ -546,21 +626,40 @@ class Gateway:
             payload = self._encode(lease, rows) or b""
         # Once encoded, the rows themselves are not needed: ack and release work on the
         # lease's seq span, and a full in-flight window of rows would cost megabytes.
-        slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows))
+        slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows), self._riding)
         return slim, sign1(payload, self._key, self._kid)
+
+    def _results(self) -> list[bytes]:
+        """Command results to carry in the next batch (store thread): final ones no batch
+        has carried to an acknowledgement yet and none in flight carries now."""
+        self._riding = ()
+        if self.commander is None:
+            return []
+        try:
+            todo = [(i, r) for i, r in self.commander.unbatched()
+                    if i not in self._results_flying][:_RESULTS_PER_BATCH]
+        except StoreError:
+            return []
+        self._riding = tuple(i for i, _ in todo)
+        self._results_flying.update(self._riding)
+        return [r for _, r in todo]
 
     def _encode(self, lease: Lease, rows: Sequence[Row]) -> bytes | None:
         assert self.store is not None  # noqa: S101
         spans = self.clock.extension(lease.first_seq, lease.last_seq)
+        extra: dict[int, Any] = {K_CLOCK: spans} if spans else {}
+        if self._riding_results:
+            extra[K_RESULTS] = self._riding_results
         try:
             return encode_batch(
                 gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
                 batch_seq=self.store.next_batch_seq(), rows=rows, gaps=lease.gaps,
-                losses=lease.losses, extra={K_CLOCK: spans} if spans else None)
+                losses=lease.losses, extra=extra or None)
         except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError is a ValueError
             return None
 
     def _release(self, item: _InFlight) -> None:
+        self._results_flying.difference_update(item.results)
         if self.store is not None:
             self.store.release(item.lease)
 
@@ -570,6 +669,16 @@ class Gateway:
         if self.store is not None:
             done = self._io.submit(self.store.ack, item.lease)
             done.add_done_callback(lambda f: self._ack_failed(f, item))
+            if item.results and self.commander is not None:
+                self._io.submit(self._results_batched, item)
+
+    def _results_batched(self, item: _InFlight) -> None:
+        assert self.commander is not None  # noqa: S101
+        try:
+            self.commander.batched(list(item.results))
+        except StoreError as exc:
+            _log.debug("cannot mark command results as delivered in a batch: %s", exc)
+        self._results_flying.difference_update(item.results)
 
     def _ack_failed(self, fut: Any, item: _InFlight) -> None:
         """The broker has the batch but the buffer could not delete it (disk trouble): make
@@ -582,7 +691,7 @@ class Gateway:
 
     def _on_lost(self, item: _InFlight) -> None:
         if self.store is not None:
-            self._io.submit(self.store.release, item.lease)
+            self._io.submit(self._release, item)
             self._new_data.set()
 
     def _publish_status(self, _doc: dict[str, Any]) -> None:
@@ -604,7 +713,8 @@ class Gateway:
             drivers={inst: h.snapshot() for inst, (_, h) in self.drivers.items()},
             driver_kinds={inst: d.driver for inst, (_, d) in self._tasks.items()},
             clock=self.clock.snapshot(), counters=self.counters, kid=self._kid.hex(),
-            reloads=dict(self.reloads), buffer_error=self.commit_error)
+            reloads=dict(self.reloads), buffer_error=self.commit_error,
+            commands=self.commander.status() if self.commander is not None else None)
 
 
 def _sanitized(row: Row) -> Row:
@@ -618,6 +728,38 @@ def _sanitized(row: Row) -> Row:
     stamp = max(-(1 << 63), min(stamp, (1 << 63) - 1))
     return (seq, text(str(point)), text(unit) if isinstance(unit, str) else None, stamp, None,
             int(Quality.MALFORMED))
+
+
+#: Command results one batch carries at most (the rest ride with the next ones).
+_RESULTS_PER_BATCH = 32
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _keep_previous(path: Path, prev: Path, new: Path) -> None:
+    """``path`` becomes ``prev`` (a copy), ``new`` becomes ``path``; both synced."""
+    if path.exists():
+        _write_synced(prev, path.read_bytes())
+    new.replace(path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _restore_previous(path: Path, prev: Path) -> None:
+    rejected = path.with_name(path.name + ".rejected")
+    _write_synced(rejected, path.read_bytes())
+    _write_synced(path.with_name(path.name + ".new"), prev.read_bytes())
+    path.with_name(path.name + ".new").replace(path)
 
 
 class AlreadyRunningError(RuntimeError):
@@ -645,6 +787,7 @@ def _lock_state_dir(state: Path) -> int:
 class _InFlight:
     lease: Lease
     count: int
+    results: tuple[str, ...] = ()  # ids of the command results the batch carries
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup

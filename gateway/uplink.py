@@ -35,6 +35,8 @@ _log = logging.getLogger("streetgate.uplink")
 _STABLE_S = 30.0
 #: Bytes of a PUBLISH besides the payload: fixed header, topic, packet id, properties.
 _PUBLISH_OVERHEAD = 128
+#: How long the broker keeps a commanded gateway's session (and its queued commands): a day.
+_SESSION_EXPIRY = 86400
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,19 @@ class Uplink:
         on_lost: Callable[[Any], None],
         status: Callable[[], dict[str, Any]],
         tls: TlsFiles | None = None,
+        on_command: Callable[[bytes], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.gateway_id = gateway_id
         self.client_id = client_id
         self.topic_batch = f"{cfg.topic_prefix}/{gateway_id}/batch"
         self.topic_status = f"{cfg.topic_prefix}/{gateway_id}/status"
+        self.topic_cmd = f"{cfg.topic_prefix}/{gateway_id}/cmd"
+        self.topic_result = f"{cfg.topic_prefix}/{gateway_id}/cmd/result"
+        self._on_command = on_command
+        self._on_connected = on_connected
+        self._side: dict[int, Callable[[], None]] = {}
         self._on_ack = on_ack
         self._on_lost = on_lost
         self._status = status
@@ -123,6 +132,18 @@ class Uplink:
         self.counters["bytes"] += len(payload)
         return True
 
+    def publish_result(self, payload: bytes, on_ack: Callable[[], None]) -> bool:
+        """Publish a command result at QoS 1; ``on_ack`` runs when the broker has it. A result
+        whose PUBACK is lost is published again from the buffer after the next connect."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        info = client.publish(self.topic_result, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        self._side[info.mid] = on_ack
+        return True
+
     def publish_status(self) -> None:
         client = self._client
         if client is None or not self.connected:
@@ -170,14 +191,18 @@ class Uplink:
         self._lost.clear()
         self.state = "connecting"
         props = None
+        # With commands, the broker keeps the session (and the commands published while the
+        # gateway was away) for a day; without, every connection starts clean.
+        keep = self._on_command is not None
         if self.cfg.protocol == "mqtt5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
+            props.SessionExpiryInterval = _SESSION_EXPIRY if keep else 0
         try:
             # Blocking: DNS, TCP connect and the TLS handshake (why it runs in an executor).
             await loop.run_in_executor(None, lambda: client.connect(
                 self.cfg.host, self.cfg.port, keepalive=round(self.cfg.keepalive),
-                clean_start=True if props is not None else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                clean_start=(not keep) if props is not None
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=props))
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._teardown()
@@ -199,7 +224,9 @@ class Uplink:
     def _make_client(self, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self.cfg.protocol == "mqtt5" else mqtt.MQTTv311
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=proto, reconnect_on_failure=False)
+                             protocol=proto, reconnect_on_failure=False,
+                             clean_session=(self._on_command is None)
+                             if proto == mqtt.MQTTv311 else None)
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)
         client.max_queued_messages_set(0)
         if self.cfg.username:
@@ -211,6 +238,7 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
 
         def register_write(c: mqtt.Client, _u: Any, sock: Any) -> None:
             loop.call_soon_threadsafe(_add_writer, loop, sock, c)
@@ -279,6 +307,7 @@ class Uplink:
             self._connected.clear()
             self.counters["disconnects"] += 1
         self.state = "disconnected"
+        self._side.clear()
         lost, self._inflight = self._inflight, {}
         for token in lost.values():
             self._on_lost(token)
@@ -322,7 +351,11 @@ class Uplink:
         self._connected_at = time.monotonic()
         self.last_error = None
         self._connected.set()
+        if self._on_command is not None:
+            client.subscribe(self.topic_cmd, qos=1)
         self.publish_status()
+        if self._on_connected is not None:
+            self._on_connected()
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if client is not self._client:
@@ -331,8 +364,19 @@ class Uplink:
             self._note_failure(describe_reason("disconnected", rc))
         self._lost.set()
 
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: Any) -> None:
+        if client is not self._client or self._on_command is None:
+            return
+        if msg.topic == self.topic_cmd:
+            self._on_command(bytes(msg.payload))
+
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         if client is not self._client:
+            return
+        side = self._side.pop(mid, None)
+        if side is not None:
+            if not rc.is_failure:
+                side()
             return
         token = self._inflight.pop(mid, None)
         if token is None:

@@ -35,6 +35,27 @@ def cmd_init_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_command_key(args: argparse.Namespace) -> int:
+    """The platform command key: private PEM (0600) and its public PEM beside it (``.pub``),
+    which goes into each cabinet's ``[commands] keys``."""
+    from provisioning._files import write_public  # noqa: PLC0415
+    from provisioning.keys import (  # noqa: PLC0415
+        fingerprint,
+        load_or_create_signing_key,
+        public_key_pem,
+    )
+
+    out = Path(args.out) if args.out else Path(args.dir) / "command.key"
+    pub = out.with_suffix(".pub")
+    existed = out.exists()
+    key = load_or_create_signing_key(out)
+    write_public(pub, public_key_pem(key.public_key()).encode())
+    verb = "kept the existing" if existed else "created a new"
+    _out(f"{verb} platform command key {out} (0600); public key {pub} "
+         f"(kid {fingerprint(key.public_key())}): list it in each cabinet's [commands] keys")
+    return 0
+
+
 def _seed_text(args: argparse.Namespace, token: str, ca_pem: str) -> str:
     from provisioning.identity import dumps_flat  # noqa: PLC0415
 
@@ -144,6 +165,9 @@ def register_registrar(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--days", type=int, default=365)
     p.set_defaults(func=guard(cmd_sign))
+    p = cmds.add_parser("command-key", help="make (or show) the platform command key")
+    p.add_argument("--out", metavar="FILE", help="private key file (default DIR/command.key)")
+    p.set_defaults(func=guard(cmd_command_key))
     p = cmds.add_parser("revoke", help="revoke a certificate serial (hex) and rewrite crl.pem")
     p.add_argument("serial")
     p.set_defaults(func=guard(cmd_revoke))

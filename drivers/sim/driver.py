@@ -18,6 +18,8 @@ from drivers.api import (
     Reading,
     SimulatedSetup,
     Sink,
+    Value,
+    WriteError,
 )
 from drivers.sim import generators
 from drivers.sim.config import SimConfig
@@ -39,12 +41,28 @@ class SimDriver(Driver[SimConfig]):
         super().__init__(config, context)
         self._rng = random.Random(config.seed)
         counts = {"counter": config.counters, "sine": config.sines,
-                  "walk": config.walks, "switch": config.switches}
+                  "walk": config.walks, "switch": config.switches, "light": config.lights}
         self._gens = generators.build(context.instance, config.devices, counts, self._rng)
         self.emitted = 0
 
     def points(self) -> Iterable[tuple[str, str | None]]:
         return [(g.point, g.unit) for g in self._gens]
+
+    def writable_points(self) -> Iterable[str]:
+        return [g.point for g in self._gens if g.kind == "light"]
+
+    async def write(self, point: str, value: Value) -> Value:
+        """Set a light's level (0-100; True/False are 100/0); it reports the new level from
+        its next sample on."""
+        gen = next((g for g in self._gens if g.point == point and g.kind == "light"), None)
+        if gen is None:
+            raise WriteError("not-writable", f"{point} is not a simulated light")
+        level = (100 if value else 0) if isinstance(value, bool) else value
+        if not isinstance(level, int) or not 0 <= level <= 100:
+            raise WriteError("bad-value", f"{value!r}: a light takes a level 0-100 or a bool")
+        gen.state = float(level)
+        self.log.info("%s set to %d", point, level)
+        return int(gen.state)
 
     def _tick(self, tick: int, ts: int) -> list[Reading]:
         dec = self.config.decimals

@@ -28,6 +28,8 @@ class Generator:
             step = (rng.random() - 0.5) * 0.2
             self.state = min(60.0, max(-30.0, self.state + step))
             return round(self.state, decimals)
+        if self.kind == "light":
+            return int(self.state)
         if rng.random() < 0.01:
             self.state = 1.0 - self.state
         return self.state >= 0.5
@@ -49,6 +51,8 @@ class Generator:
                     for t in range(tick, tick + n)]
         s = self.state
         out: list[Value] = []
+        if self.kind == "light":
+            return [int(s)] * n
         if self.kind == "walk":
             for _ in range(n):
                 s += (r() - 0.5) * 0.2
@@ -66,7 +70,8 @@ class Generator:
 def build(instance: str, devices: int, counts: dict[str, int],
           rng: random.Random) -> list[Generator]:
     units = {"counter": ("energy", "Wh"), "sine": ("voltage", "V"),
-             "walk": ("temperature", "Cel"), "switch": ("door_open", None)}
+             "walk": ("temperature", "Cel"), "switch": ("door_open", None),
+             "light": ("light", "%")}
     gens: list[Generator] = []
     for d in range(devices):
         for kind, n in counts.items():

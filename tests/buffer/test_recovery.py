@@ -91,9 +91,9 @@ def test_empty_file_and_version_0_database_are_migrated(tmp_path: Path) -> None:
     for path in (empty, bare):
         with Store(path) as store:
             assert store.moved_aside is None
-            assert store.schema_version == 2
+            assert store.schema_version == 3
         conn = sqlite3.connect(path)
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         conn.close()
 
 
@@ -125,16 +125,16 @@ def test_migrations_run_forward_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _make(path, 10)
     runs: list[int] = []
 
-    def v3(conn: sqlite3.Connection) -> None:
+    def later(conn: sqlite3.Connection) -> None:
         runs.append(1)
         conn.execute("ALTER TABLE points ADD COLUMN label TEXT")
 
-    monkeypatch.setattr(_db, "MIGRATIONS", [*_db.MIGRATIONS, v3])
+    monkeypatch.setattr(_db, "MIGRATIONS", [*_db.MIGRATIONS, later])
     with Store(path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == len(_db.MIGRATIONS)
         assert store.stats().depth == 10
     with Store(path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == len(_db.MIGRATIONS)
     assert runs == [1]
     conn = sqlite3.connect(path)
     assert "label" in [c[1] for c in conn.execute("PRAGMA table_info(points)")]

@@ -309,7 +309,7 @@ def test_stats_and_closed_store(tmp_path: Path) -> None:
     store = Store(tmp_path / "b.db")
     store.append(readings(4, start=10))
     stats = store.stats()
-    assert (stats.pending, stats.depth, stats.appended, stats.schema_version) == (4, 0, 4, 2)
+    assert (stats.pending, stats.depth, stats.appended, stats.schema_version) == (4, 0, 4, 3)
     store.commit()
     stats = store.stats()
     assert (stats.depth, stats.oldest_ts, stats.last_seq) == (4, BASE_TS + 10, 4)
