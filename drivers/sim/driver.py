@@ -44,6 +44,7 @@ class SimDriver(Driver[SimConfig]):
                   "walk": config.walks, "switch": config.switches, "light": config.lights}
         self._gens = generators.build(context.instance, config.devices, counts, self._rng)
         self.emitted = 0
+        self.writes = 0
 
     def points(self) -> Iterable[tuple[str, str | None]]:
         return [(g.point, g.unit) for g in self._gens]
@@ -61,6 +62,7 @@ class SimDriver(Driver[SimConfig]):
         if not isinstance(level, int) or not 0 <= level <= 100:
             raise WriteError("bad-value", f"{value!r}: a light takes a level 0-100 or a bool")
         gen.state = float(level)
+        self.writes += 1
         self.log.info("%s set to %d", point, level)
         return int(gen.state)
 

@@ -1,0 +1,293 @@
+"""Signed commands against the real daemon, a real mosquitto and the sim driver's lights.
+
+Each refusal leaves the light as it was; a command is performed once however often its
+message arrives; results are signed, stored before they are published, and ride in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.broker import Mosquitto
+from gateway.command import K_RESULTS, Command, Result, decode_result, sign_command
+from gateway.command_cli import send_command
+from gateway.cose import kid_for, open1
+from provisioning._files import write_public
+from provisioning.keys import load_or_create_signing_key, public_key_pem
+from tests.helpers.e2e import Run, running_gateway
+
+LIGHT = "sim-1/dev-000/light_0"
+LIGHT2 = "sim-1/dev-000/light_1"
+SIM = {"sim": [{"instance": "sim-1", "devices": 1, "lights": 2, "interval": "50ms"}]}
+
+
+def _commands(state: Path, platform: Any, **over: Any) -> dict[str, Any]:
+    (state / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_public(state / "keys" / "platform.pub", public_key_pem(platform).encode())
+    section: dict[str, Any] = {
+        "keys": ["keys/platform.pub"],
+        "writable": [{"point": LIGHT, "min": 0, "max": 100, "step": 10,
+                      "min_interval": "0s"}],
+        "actions": [{"name": "lights-off", "point": LIGHT, "value": 0}],
+    }
+    section.update(over)
+    return section
+
+
+def _cmd(point: str | None = LIGHT, value: Any = 50, *, gateway: str = "cab-test",
+         ttl_ms: int = 30_000, **kw: Any) -> Command:
+    now = time.time_ns() // 1_000_000
+    if point is None:
+        return Command(gateway, uuid.uuid4().hex, now, now + ttl_ms, **kw)
+    return Command(gateway, uuid.uuid4().hex, now, now + ttl_ms, point=point, value=value, **kw)
+
+
+def _sim(run: Run) -> Any:
+    return run.gateway.drivers["sim-1"][0]
+
+
+def _level(run: Run) -> int:
+    return int(next(g.state for g in _sim(run)._gens if g.point == LIGHT))  # noqa: SLF001
+
+
+async def _send(broker: Mosquitto, cmd: Command, key: Any, gw_key: Any,
+                wait: float = 20.0) -> Result | None:
+    _m, final, _seen = await asyncio.to_thread(
+        send_command, cmd, key, host=broker.host, port=broker.port, wait=wait,
+        gateway_keys={kid_for(gw_key): gw_key})
+    return final
+
+
+def _gw_key(state: Path) -> Any:
+    return load_or_create_signing_key(state / "keys" / "signing.key").public_key()
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Any:
+    return load_or_create_signing_key(tmp_path / "platform.key")
+
+
+def test_write_is_performed_read_back_and_seen_in_readings(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        async with running_gateway(SIM, mosquitto, state,
+                                   commands=_commands(state, platform.public_key())) as run:
+            res = await _send(mosquitto, _cmd(value=70), platform, _gw_key(state))
+            assert res is not None and (res.status, res.value, res.point) == ("done", 70, LIGHT)
+            assert _level(run) == 70
+            await run.collect_until(lambda rs: any(r.point == LIGHT and r.value == 70
+                                                   for r in rs))
+            res = await _send(mosquitto, _cmd(None, action="lights-off"), platform,
+                              _gw_key(state))
+            assert res is not None and (res.status, res.value) == ("done", 0)
+            assert _level(run) == 0
+            status = run.gateway.status()["commands"]
+            assert status["done"] == 2 and status["recent"][-1]["status"] == "done"
+
+    asyncio.run(scenario())
+
+
+def test_every_refusal_has_its_reason_and_leaves_the_light_alone(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    state = tmp_path / "state"
+    forger = load_or_create_signing_key(tmp_path / "forger.key")
+    section = _commands(state, platform.public_key())
+    section["writable"].append({"point": LIGHT2, "allowed": [True], "min_interval": "1h"})
+
+    async def scenario() -> None:
+        async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            gw = _gw_key(state)
+            ok = await _send(mosquitto, _cmd(value=30), platform, gw)
+            assert ok is not None and ok.status == "done"
+            writes = _sim(run).writes
+            cases: list[tuple[Command, Any, str]] = [
+                (_cmd(value=90), forger, "unknown-key"),
+                (_cmd(value=90, gateway="cab-other"), platform, "wrong-gateway"),
+                (dataclasses.replace(_cmd(value=90), issued=1, expires=2), platform,
+                 "expired"),
+                (_cmd("sim-1/dev-000/energy", 5), platform, "not-writable"),
+                (_cmd(value=110), platform, "out-of-range"),
+                (_cmd(value=-10), platform, "out-of-range"),
+                (_cmd(value=35), platform, "out-of-range"),  # not on the step of 10
+                (_cmd(value="90"), platform, "out-of-range"),  # text, not a number
+                (_cmd(LIGHT2, False), platform, "not-allowed"),
+                (_cmd(LIGHT2, 100), platform, "not-allowed"),  # 100 is not True
+                (_cmd(None, action="self-destruct"), platform, "unknown-action"),
+                (_cmd(None, config=b"[gateway]\n"), platform, "not-allowed"),
+                (_cmd(value=90, ttl_ms=30 * 86400_000), platform, "not-allowed"),
+            ]
+            for cmd, key, reason in cases:
+                # On this gateway's topic whatever the command says (wrong-gateway).
+                res = await asyncio.to_thread(_raw_roundtrip, mosquitto,
+                                              sign_command(cmd, key), gw)
+                assert res is not None, reason
+                assert (res.reason, res.id) == (reason, cmd.id), res
+                assert res.status in ("rejected", "expired")
+                assert _level(run) == 30, reason
+            # A tampered signature.
+            msg = bytearray(sign_command(_cmd(value=90), platform))
+            msg[-1] ^= 1
+            sub_res = await asyncio.to_thread(_raw_roundtrip, mosquitto, bytes(msg), gw)
+            assert sub_res is not None and sub_res.reason == "bad-signature"
+            # A rate limit: the second light may be written once an hour.
+            sim = _sim(run)
+            first = await _send(mosquitto, _cmd(LIGHT2, True), platform, gw)
+            second = await _send(mosquitto, _cmd(LIGHT2, True), platform, gw)
+            assert first is not None and first.status == "done"
+            assert second is not None and second.reason == "rate-limited"
+            assert sim.writes == writes + 1
+            assert _level(run) == 30
+
+    asyncio.run(scenario())
+
+
+def _raw_roundtrip(broker: Mosquitto, message: bytes, gw: Any) -> Result | None:
+    """Publish raw bytes on the command topic; the first rejected result back."""
+    import queue  # noqa: PLC0415
+
+    from gateway.command_cli import _publish  # noqa: PLC0415
+    from gateway.subscriber import BatchSubscriber  # noqa: PLC0415
+
+    sub = BatchSubscriber(broker.host, broker.port, "streetgate/cab-test/cmd/result")
+    sub.start()
+    try:
+        assert _publish(broker.host, broker.port, "streetgate/cab-test/cmd", message)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                _t, payload = sub.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            _kid, body = open1(payload, {kid_for(gw): gw})
+            return decode_result(body)
+        return None
+    finally:
+        sub.stop()
+
+
+def test_same_message_is_performed_once_even_across_an_outage_and_a_restart(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    state = tmp_path / "state"
+    section = _commands(state, platform.public_key())
+    cmd = _cmd(value=40)
+    message = sign_command(cmd, platform)
+
+    async def scenario() -> None:
+        async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            gw = _gw_key(state)
+            first = await _send(mosquitto, cmd, platform, gw)
+            assert first is not None and first.status == "done"
+            mosquitto.stop()  # the platform missed the result, say
+            await asyncio.sleep(0.5)
+            mosquitto.start()
+            await asyncio.sleep(1.5)
+            again = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
+            assert again is not None and (again.status, again.ts) == ("done", first.ts)
+            assert _sim(run).writes == 1
+        async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            gw = _gw_key(state)
+            replay = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
+            assert replay is not None and (replay.status, replay.ts) == ("done", first.ts)
+            assert _sim(run).writes == 0 and _level(run) == 0
+            other = dataclasses.replace(_cmd(value=80), id=cmd.id)
+            res = await _send(mosquitto, other, platform, gw)
+            assert res is not None and res.reason == "replayed"
+            assert _sim(run).writes == 0
+
+    asyncio.run(scenario())
+    conn = sqlite3.connect(state / "buffer.db")
+    assert conn.execute("SELECT state, result_sent FROM commands WHERE id = ?",
+                        (cmd.id,)).fetchall() == [("final", 1)]
+
+
+def test_results_ride_in_the_signed_batch_stream(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        async with running_gateway(SIM, mosquitto, state,
+                                   commands=_commands(state, platform.public_key())) as run:
+            gw = _gw_key(state)
+            cmd = _cmd(value=20)
+            res = await _send(mosquitto, cmd, platform, gw)
+            assert res is not None and res.status == "done"
+            found: list[Result] = []
+            deadline = time.monotonic() + 15
+            while not found and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                for batch in _batches(run):
+                    for signed in batch.get(K_RESULTS, []):
+                        _kid, body = open1(signed, {kid_for(gw): gw})
+                        found.append(decode_result(body))
+            assert [(r.id, r.status, r.value) for r in found] == [(cmd.id, "done", 20)]
+            await asyncio.sleep(1.0)
+            conn = sqlite3.connect(state / "buffer.db")
+            assert conn.execute("SELECT batched FROM commands WHERE id = ?",
+                                (cmd.id,)).fetchone() == (1,)
+
+    asyncio.run(scenario())
+
+
+def _batches(run: Run) -> list[dict[int, Any]]:
+    import queue  # noqa: PLC0415
+
+    out = []
+    while True:
+        try:
+            _t, payload = run.sub.messages.get_nowait()
+        except queue.Empty:
+            return out
+        res = run.verifier.feed(payload)
+        out.append(res.extra)
+
+
+def test_config_by_command_rolls_back_when_the_uplink_does_not_return(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    state = tmp_path / "state"
+    conf = tmp_path / "gateway.toml"
+    section = _commands(state, platform.public_key())
+
+    def text(port: int) -> str:
+        return (f'[gateway]\nid = "cab-test"\nstate_dir = "{state}"\n'
+                f'[uplink]\nport = {port}\nbatch_linger = "100ms"\nreconnect_min = "100ms"\n'
+                f'reconnect_max = "500ms"\n[commands]\nkeys = ["keys/platform.pub"]\n'
+                f'accept_config = true\nconfig_rollback = "5s"\n'
+                f'[[drivers.sim]]\ninstance = "sim-1"\nlights = 2\ninterval = "50ms"\n')
+
+    good = text(mosquitto.port)
+    conf.write_text(good)
+
+    async def scenario() -> None:
+        async with running_gateway(SIM, mosquitto, state, commands={
+                **section, "accept_config": True, "config_rollback": "5s"}) as run:
+            run.gateway.config_path = conf
+            gw = _gw_key(state)
+            bad = await _send(mosquitto, _cmd(None, config=b"[gateway]\nid = 5\n"), platform,
+                              gw)
+            assert bad is not None and (bad.status, bad.reason) == ("rejected",
+                                                                    "invalid-config")
+            assert conf.read_text() == good
+            broken = text(1).encode()  # nothing listens on port 1
+            res = await _send(mosquitto, _cmd(None, config=broken), platform, gw, wait=40)
+            assert res is not None and (res.status, res.reason) == ("failed", "rolled-back")
+            assert conf.read_text() == good
+            assert conf.with_name("gateway.toml.rejected").read_bytes() == broken
+            assert run.gateway.cfg.uplink.port == mosquitto.port
+            fine = text(mosquitto.port).replace('"100ms"\nreconnect', '"200ms"\nreconnect', 1)
+            ok = await _send(mosquitto, _cmd(None, config=fine.encode()), platform, gw,
+                             wait=40)
+            assert ok is not None and ok.status == "done", ok
+            assert conf.read_text() == fine
+            assert conf.with_name("gateway.toml.prev").read_text() == good
+
+    asyncio.run(scenario())
