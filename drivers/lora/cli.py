@@ -145,6 +145,7 @@ def cmd_sim_forwarder(args: argparse.Namespace) -> int:
         fcnt_start=args.fcnt_start, wrong_mic_every=args.wrong_mic_every,
         replay_every=args.replay_every, malformed_every=args.malformed_every,
         confirmed=args.confirmed)
+    sim.report = _stamped
     print(f"sending uplinks of {len(sim.devices)} device(s) to {args.host}:{args.port} "
           f"as gateway {args.gateway_eui}", flush=True)
     return asyncio.run(_run_sim(sim, args.count))
@@ -163,7 +164,8 @@ async def _run_sim(sim: ForwarderSimulator, count: int) -> int:
     c = sim.counters
     print(f"rounds {sim.rounds}, frames {c['frames']}, datagrams {c['datagrams']}, "
           f"PUSH_ACK {c['push_ack']}, PULL_ACK {c['pull_ack']}, wrong MICs {c['wrong_mics']}, "
-          f"replays {c['replays']}, malformed {c['malformed']}")
+          f"replays {c['replays']}, malformed {c['malformed']}, PULL_RESP {c['pull_resp']}, "
+          f"downlinks {c['downlinks']}")
     if c["push_ack"] == 0:
         print(f"no PUSH_ACK received: is the gateway listening on {sim.target[0]}:"
               f"{sim.target[1]}?", file=sys.stderr)
@@ -181,6 +183,7 @@ def cmd_sim_modem(args: argparse.Namespace) -> int:
         return 2
     sim = ModemSimulator(Path(args.link).absolute(), devices, mode=args.mode,
                          payload=args.payload, encoding=args.encoding, interval=args.interval)
+    sim.report = _stamped
     return asyncio.run(_serve_modem(sim, args.count))
 
 
@@ -195,8 +198,13 @@ async def _serve_modem(sim: ModemSimulator, count: int) -> int:
     finally:
         await sim.close()
     print(f"packets {sim.counters['packets']}, missed (not receiving) {sim.counters['missed']}, "
-          f"commands {sim.counters['commands']}")
+          f"commands {sim.counters['commands']}, transmitted {sim.counters['transmitted']}")
     return 0
+
+
+def _stamped(line: str) -> None:
+    """A simulator's downlink report, as it happens."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
 # -- lora decode --------------------------------------------------------------------------------

@@ -9,11 +9,16 @@ from typing import Any, Literal
 from drivers.api import ByteSize, Duration, option
 from drivers.serial.config import FramingConfig
 
-__all__ = ["DeviceConfig", "FieldConfig", "ForwarderConfig", "ModemConfig"]
+__all__ = ["DeviceConfig", "DownlinkConfig", "FieldConfig", "ForwarderConfig", "ModemConfig"]
 
 _HEX = re.compile(r"[0-9A-Fa-f]*")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _POINT = r"[a-z0-9][a-z0-9_]*"
+
+#: Struct items that hold one number or bool (Python struct module format characters).
+_STRUCT_ITEMS = "bBhHiIlLqQefd?"
+
+DownlinkType = Literal["bool", "u8", "i8", "u16", "i16", "u32", "i32", "struct"]
 
 FieldType = Literal["u8", "i8", "u16", "i16", "u24", "i24", "u32", "i32", "u64", "i64",
                     "f32", "f64", "bool"]
@@ -58,6 +63,42 @@ class FieldConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class DownlinkConfig:
+    """One writable point: how a value becomes the FRMPayload of a downlink."""
+
+    name: str = option(doc="point name (last part); may equal a field the device reports",
+                       pattern=_POINT)
+    fport: int = option(doc="FPort of the downlink", minimum=1, maximum=223)
+    type: DownlinkType = option(doc="bool (one byte 0/1), u8..i32, or struct (format below)")
+    endian: Literal["big", "little"] = option("big", doc="byte order of u16..i32")
+    format: str | None = option(None, doc='type struct: one Python struct item, e.g. "<h", ">f"')
+    scale: float = option(1.0, doc="raw = value / scale (the inverse of a field's scale)")
+    prefix: str | None = option(None, doc="hex bytes sent before the value (a command code)")
+    confirmed: bool = option(False, doc="confirmed downlink: done when the device ACKs it")
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues: list[tuple[str, str]] = []
+        if self.type == "struct":
+            issues += _struct_issue(self.format)
+        elif self.format is not None:
+            issues.append(("format", f"only type struct takes a format; type is {self.type}"))
+        if self.prefix is not None and (len(self.prefix) % 2 or not _HEX.fullmatch(self.prefix)):
+            issues.append(("prefix", f'expected an even number of hex digits; got "{self.prefix}"'))
+        if self.scale == 0:
+            issues.append(("scale", "expected a number other than 0; got 0"))
+        return issues
+
+
+def _struct_issue(fmt: str | None) -> list[tuple[str, str]]:
+    if fmt is None:
+        return [("format", 'missing required key for type struct; expected e.g. ">H"')]
+    if len(fmt) != 2 or fmt[0] not in "<>!=" or fmt[1] not in _STRUCT_ITEMS:
+        return [("format", ('expected a byte order and one struct item ("<h", ">f"); '
+                            f'got "{fmt}"'))]
+    return []
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DeviceConfig:
     """One sensor the gateway serves: its LoRaWAN ABP session and its payload decoder."""
 
@@ -72,6 +113,8 @@ class DeviceConfig:
     fcnt_check: Literal["strict", "relaxed"] = option(
         "strict", doc="relaxed also accepts a device whose counter restarted from 0")
     match: str | None = option(None, doc="raw modem payloads: hex prefix naming this device")
+    downlinks: list[DownlinkConfig] = option(doc="writable points, sent as downlinks",
+                                             factory=list)
 
     def validate(self) -> list[tuple[str, str]]:
         issues = _hex_issue("dev_addr", self.dev_addr, 8, secret=False)
@@ -90,6 +133,11 @@ class DeviceConfig:
                    for n in sorted({n for n in names if names.count(n) > 1})]
         issues += [("fields", f'field name "{n}" is reserved for the radio readings')
                    for n in names if n in ("rssi", "snr", "fcnt", "payload")]
+        writable = [d.name for d in self.downlinks]
+        issues += [("downlinks", f'downlink name "{n}" is used twice')
+                   for n in sorted({n for n in writable if writable.count(n) > 1})]
+        issues += [("downlinks", f'downlink name "{n}" is reserved for the radio readings')
+                   for n in writable if n in ("rssi", "snr", "fcnt", "payload")]
         return issues
 
     def session_issues(self) -> list[tuple[str, str]]:
@@ -134,6 +182,21 @@ class ForwarderConfig:
     rcvbuf: ByteSize | None = option(
         None, doc="UDP receive buffer to ask for (SO_RCVBUF; default: net.core.rmem_default)",
         minimum=4096, maximum=1024**3)
+    rx_window: Literal["rx1", "rx2"] = option(
+        "rx1", doc="rx1: the uplink's frequency and data rate (RX2 if it lacks them); rx2")
+    rx1_delay: Duration = option(Duration(1.0), doc="RECEIVE_DELAY1 of the devices",
+                                 minimum=1.0, maximum=15.0)
+    rx2_frequency: float = option(869.525, doc="RX2 frequency in MHz (EU868: 869.525)",
+                                  minimum=137.0, maximum=1020.0)
+    rx2_datarate: str = option("SF12BW125", doc="RX2 data rate (EU868: DR0, SF12BW125)",
+                               pattern=r"SF([5-9]|1[0-2])BW(125|250|500)")
+    tx_power: int = option(14, doc="downlink power in dBm (the txpk powe)", minimum=0,
+                           maximum=30)
+    rfch: int = option(0, doc="concentrator RF chain that transmits", minimum=0, maximum=1)
+    tx_ack_timeout: Duration = option(Duration(2.0), doc="wait this long for TX_ACK",
+                                      minimum=0.05)
+    pull_timeout: Duration = option(
+        Duration(30.0), doc="downlinks need a PULL_DATA within this long", minimum=1.0)
     devices: list[DeviceConfig] = option(doc="the sensors to serve", factory=list)
 
     def validate(self) -> list[tuple[str, str]]:
@@ -173,6 +236,8 @@ class ModemConfig:
     reopen_max: Duration = option(Duration(30.0), doc="longest retry interval", minimum=0.01)
     max_fcnt_gap: int = option(16384, doc="frames further ahead are dropped (MAX_FCNT_GAP)",
                                minimum=1, maximum=32768)
+    tx_timeout: Duration = option(Duration(5.0), doc="wait this long for radio_tx_ok",
+                                  minimum=0.05)
     devices: list[DeviceConfig] = option(doc="the sensors to serve", factory=list)
 
     def validate(self) -> list[tuple[str, str]]:

@@ -24,10 +24,12 @@ from drivers.api import (
     SimulatedSetup,
     Sink,
     UdpDrops,
+    Value,
 )
 from drivers.lora import gwmp
 from drivers.lora.config import ForwarderConfig
 from drivers.lora.gwmp import GwmpError, Kind, Message, RxPacket
+from drivers.lora.scheduler import DownlinkScheduler
 from drivers.lora.sessions import Outcome, Radio, Receiver
 
 __all__ = ["LoraForwarderDriver", "Observer"]
@@ -81,6 +83,11 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
                                  health=context.health, logger=context.logger,
                                  max_fcnt_gap=config.max_fcnt_gap)
         self.observers: list[Observer] = []
+        #: Class A downlinks (writes), queued per device until its next uplink.
+        self.downlinks = DownlinkScheduler(context.instance, config, self.receiver.devices,
+                                           state=context.state, health=context.health,
+                                           logger=context.logger)
+        self._transport: asyncio.DatagramTransport | None = None
         #: The address actually bound (port 0 in config picks a free one), once running.
         self.bound: tuple[str, int] | None = None
         self._queue: asyncio.Queue[Message] = asyncio.Queue(_QUEUE)
@@ -99,6 +106,22 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
             yield from ((base + "fcnt", None), (base + "rssi", "dBm"), (base + "snr", "dB"))
             yield from ((base + f.name, f.unit) for f in dev.fields)
 
+    def writable_points(self) -> Iterable[str]:
+        return list(self.downlinks.targets)
+
+    async def write(self, point: str, value: Value) -> Value:
+        """Send ``value`` to the device in a Class A downlink after its next uplink.
+
+        Returns once the packet forwarder accepted the downlink (TX_ACK) or, for a confirmed
+        downlink, once the device acknowledged it; the value returned is the one sent.
+
+        Raises:
+            WriteError: ``not-writable``, ``bad-value``, ``unavailable`` (no PULL_DATA
+                recently), ``rejected`` (a TX_ACK error such as TOO_LATE), ``timeout`` (no
+                TX_ACK, or the next uplink carries no ACK), ``device-error`` (FCntDown).
+        """
+        return await self.downlinks.write(point, value)
+
     async def run(self, sink: Sink) -> None:
         transport = await self._bind()
         try:
@@ -112,6 +135,7 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
                 tg.create_task(self.udp.watch(), name=f"streetgate[{self.name}:"
                                                       f"{self.context.instance}].udp")
         finally:
+            self._transport = None
             transport.close()
 
     async def _bind(self) -> asyncio.DatagramTransport:
@@ -130,6 +154,7 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
             bound = transport.get_extra_info("sockname")[:2]
             self.udp.attach(transport.get_extra_info("socket"), "{}:{}".format(*bound))
             self.bound = bound
+            self._transport = transport
             self.log.info("listening for the packet forwarder on %s:%s", *self.bound)
             self._heard = time.monotonic()
             return transport
@@ -151,7 +176,11 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
         if ack is not None:
             transport.sendto(ack, addr)
         self._note(msg, addr)
-        if msg.kind is Kind.PUSH_DATA:
+        if msg.kind is Kind.PULL_DATA:
+            self.downlinks.pull(msg.gateway_eui, addr, msg.version)
+        elif msg.kind is Kind.TX_ACK:
+            self.downlinks.tx_ack(msg)
+        elif msg.kind is Kind.PUSH_DATA:
             try:
                 self._queue.put_nowait(msg)
             except asyncio.QueueFull:
@@ -206,8 +235,14 @@ class LoraForwarderDriver(Driver[ForwarderConfig]):
                                                   sink.now_ms())
             if outcome.readings:
                 sink.emit(outcome.readings)
+            if outcome.status == "ok":
+                await self.downlinks.uplink(eui, packet, outcome, self._send)
         for observe in self.observers:
             observe(eui, packet, outcome)
+
+    def _send(self, datagram: bytes, address: Any) -> None:
+        if self._transport is not None:
+            self._transport.sendto(datagram, address)
 
     async def _watch(self) -> None:
         period = min(5.0, self.config.silence / 4)

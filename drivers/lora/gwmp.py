@@ -24,10 +24,14 @@ __all__ = [
     "RxPacket",
     "ack_for",
     "build_pull_data",
+    "build_pull_resp",
     "build_push_data",
+    "build_tx_ack",
     "parse",
+    "parse_pull_resp",
     "parse_rxpk",
     "parse_stat",
+    "tx_ack_error",
 ]
 
 #: PROTOCOL.TXT revisions: v1 (basic_pkt_fwd) and v2 (lora_pkt_fwd) share the header layout.
@@ -271,3 +275,55 @@ def rxpk_json(packet: RxPacket) -> dict[str, Any]:
         if value is not None:
             item[key] = value
     return item
+
+
+def build_pull_resp(token: int, txpk: Mapping[str, Any], version: int = 2) -> bytes:
+    """A PULL_RESP carrying one ``txpk`` (PROTOCOL.TXT §5.4, §6).
+
+    Version 1 forwarders ignore the token and send no TX_ACK.
+    """
+    body = json.dumps({"txpk": txpk}, separators=(",", ":")).encode()
+    return bytes([version]) + token.to_bytes(2, "big") + bytes([Kind.PULL_RESP]) + body
+
+
+def parse_pull_resp(data: bytes) -> tuple[int, int, Mapping[str, Any]]:
+    """Version, token and ``txpk`` of a PULL_RESP (for simulators and tests).
+
+    Raises:
+        GwmpError: not a PULL_RESP, or no ``txpk`` object.
+    """
+    version, token, kind = _header(data)
+    if kind is not Kind.PULL_RESP:
+        raise GwmpError("unexpected_type", f"{kind.name} is not a PULL_RESP")
+    txpk = _json_object(data[4:], optional=False).get("txpk")
+    if not isinstance(txpk, dict):
+        raise GwmpError("malformed", "PULL_RESP without a txpk object")
+    return version, token, txpk
+
+
+def build_tx_ack(token: int, eui: str, error: str | None = None) -> bytes:
+    """A TX_ACK: no JSON when the downlink was accepted, else ``txpk_ack.error`` (§5.5)."""
+    body = b"" if error is None else json.dumps(
+        {"txpk_ack": {"error": error}}, separators=(",", ":")).encode()
+    return _prefix(Kind.TX_ACK, token, eui, 2) + body
+
+
+#: TX_ACK ``error`` values meaning the downlink was accepted (PROTOCOL.TXT §6, lora_pkt_fwd).
+_TX_OK = (None, "", "NONE")
+
+
+def tx_ack_error(payload: Mapping[str, Any]) -> str | None:
+    """The error a TX_ACK reports, or None when the forwarder accepted the downlink.
+
+    An empty TX_ACK means accepted (§5.5); ``txpk_ack.warn`` (sx1302 forwarders, e.g. a
+    power lowered to what the board can do) is not an error.
+    """
+    ack = payload.get("txpk_ack")
+    if ack is None:
+        return None
+    if not isinstance(ack, dict):
+        return "malformed txpk_ack"
+    error = ack.get("error")
+    if error in _TX_OK:
+        return None
+    return str(error)

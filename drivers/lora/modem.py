@@ -18,9 +18,11 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-from drivers.api import Driver, DriverContext, SimulatedSetup, Sink
-from drivers.lora.config import ModemConfig
-from drivers.lora.sessions import Radio, Receiver
+from drivers.api import Driver, DriverContext, SimulatedSetup, Sink, Value, WriteError
+from drivers.lora import downlink
+from drivers.lora.config import DownlinkConfig, ModemConfig
+from drivers.lora.scheduler import MAX_PAYLOAD, DownCounter
+from drivers.lora.sessions import Device, Radio, Receiver
 from drivers.serial.framing import Framer, LineFramer, make_framer
 from drivers.serial.port import PortUnavailableError, SerialLink
 
@@ -28,6 +30,12 @@ __all__ = ["LoraModemDriver"]
 
 _MAX_LINE = 1100  # "radio_rx  " + 2 x 255 hex digits, with room for noise
 _RESET = "\x00reset"  # queued when the port goes down: the module must be set up again
+_TX = "\x00tx"  # queued by write(): the session loop has a packet to send
+#: Replies to ``radio tx`` (DS40001784, radio tx) and what a write makes of them; ``no_free_ch``
+#: is the LoRaWAN-mode duty-cycle refusal some firmwares also give in radio mode.
+_TX_REFUSALS = {"busy": ("rejected", "the module is busy"),
+                "no_free_ch": ("rejected", "duty cycle: no free channel, try later"),
+                "invalid_param": ("device-error", "the module refused the packet: invalid_param")}
 _BANNERS = ("RN2483", "RN2903")
 
 
@@ -67,6 +75,11 @@ class LoraModemDriver(Driver[ModemConfig]):
                                 if config.mode == "rn2483" else make_framer(config.framing))
         self._link: SerialLink | None = None
         self._sink: Sink | None = None
+        self._tx: collections.deque[tuple[bytes, asyncio.Future[None]]] = collections.deque()
+        self._down = DownCounter(context.state, context.health, context.logger)
+        self._targets: dict[str, tuple[Device, DownlinkConfig]] = {
+            f"{context.instance}/{dev.name}/{d.name}": (dev, d)
+            for dev in self.receiver.devices for d in dev.cfg.downlinks}
 
     def points(self) -> Iterable[tuple[str, str | None]]:
         lorawan = self.config.payload == "lorawan"
@@ -77,6 +90,73 @@ class LoraModemDriver(Driver[ModemConfig]):
             if self.config.mode == "rn2483" and self.config.query_signal:
                 yield from ((base + "rssi", "dBm"), (base + "snr", "dB"))
             yield from ((base + f.name, f.unit) for f in dev.fields)
+
+    def writable_points(self) -> Iterable[str]:
+        return list(self._targets)
+
+    async def write(self, point: str, value: Value) -> Value:
+        """Send ``value`` at once with ``radio tx``; done when the module says ``radio_tx_ok``.
+
+        A transparent module is given the packet as it writes received ones (hex or base64
+        and CR LF, or binary); the write is done once the bytes are on the serial line.
+
+        With ``payload = "lorawan"`` the packet is a downlink frame (FCntDown stored first);
+        with ``raw`` it is the device's ``match`` prefix and the value's payload. The module
+        does not wait for a receive window: the device must be listening.
+
+        Raises:
+            WriteError: ``not-writable``, ``bad-value``, ``unavailable`` (port closed),
+                ``rejected`` (busy, duty cycle), ``device-error`` (``invalid_param``,
+                ``radio_err``), ``timeout`` (no reply or no ``radio_tx_ok``).
+        """
+        target = self._targets.get(point)
+        if target is None:
+            raise WriteError("not-writable", f"{point} has no downlink configured")
+        dev, cfg = target
+        payload = downlink.encode_value(cfg, value)
+        if len(payload) > MAX_PAYLOAD:
+            raise WriteError("bad-value", f"{len(payload)} bytes of payload; at most "
+                                          f"{MAX_PAYLOAD} fit every EU868 data rate")
+        if not self._up.is_set():
+            raise WriteError("unavailable", f"the module on {self.config.port} is not there")
+        packet = await self._packet_for(dev, cfg, payload)
+        if self.config.mode == "transparent":
+            await self._write_transparent(packet)
+            return value
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tx.append((packet, fut))
+        self._put(_TX)
+        try:
+            async with asyncio.timeout(2 * self.config.reply_timeout + self.config.tx_timeout):
+                await fut
+        except TimeoutError:
+            raise WriteError("timeout", "the module did not send in time") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._tx.remove((packet, fut))
+        return value
+
+    async def _write_transparent(self, packet: bytes) -> None:
+        """A transparent module sends what it is given, written as it writes what it hears."""
+        enc = self.config.encoding
+        data = (packet if enc == "binary" else base64.b64encode(packet) + b"\r\n"
+                if enc == "base64" else packet.hex().upper().encode() + b"\r\n")
+        if self._link is None:
+            raise WriteError("unavailable", f"the module on {self.config.port} is not there")
+        try:
+            await self._link.write(data)
+        except PortUnavailableError as exc:
+            raise WriteError("unavailable", str(exc)) from None
+        self.health.count("tx_written")
+
+    async def _packet_for(self, dev: Device, cfg: DownlinkConfig, payload: bytes) -> bytes:
+        if self.config.payload == "raw":
+            return dev.match + payload
+        assert dev.dev_addr is not None  # noqa: S101 - lorawan devices are checked at load
+        fcnt = await self._down.take(dev)
+        return downlink.build_frame(dev_addr=dev.dev_addr, nwk_skey=dev.nwk_skey,
+                                    app_skey=dev.app_skey, fcnt=fcnt, fport=cfg.fport,
+                                    payload=payload, confirmed=False)
 
     async def run(self, sink: Sink) -> None:
         self._sink = sink
@@ -150,6 +230,8 @@ class LoraModemDriver(Driver[ModemConfig]):
             self._pending.clear()
             while not self._lines.empty():
                 self._lines.get_nowait()
+            if self._tx:
+                self._put(_TX)  # a write queued while the module was being set up
             try:
                 await self._serve(link)
             except _ModuleRestartedError as exc:
@@ -198,8 +280,8 @@ class LoraModemDriver(Driver[ModemConfig]):
             line = await self._next(left)
             if line is None:
                 break
-            if "radio_rx" in line or line == "radio_err":
-                self._pending.append(line)  # a packet that raced the command
+            if "radio_rx" in line or line in ("radio_err", _TX):
+                self._pending.append(line)  # a packet (or a write) that raced the command
                 continue
             if line:
                 return line
@@ -208,6 +290,9 @@ class LoraModemDriver(Driver[ModemConfig]):
 
     async def _line(self, link: SerialLink, line: str) -> None:
         """Handle one unsolicited line."""
+        if line == _TX:
+            await self._transmit(link)
+            return
         at = line.find("radio_rx")
         if at >= 0:
             await self._radio_rx(link, line[at + len("radio_rx"):])
@@ -232,6 +317,49 @@ class LoraModemDriver(Driver[ModemConfig]):
             rssi = _integer(await self._command(link, "radio get rssi"))
             radio = Radio(rssi, snr)
         await self._packet(packet, radio)
+
+    # -- transmit ----------------------------------------------------------------------------
+    async def _transmit(self, link: SerialLink) -> None:
+        """Send the queued packets; the session loop then arms receive again."""
+        while self._tx:
+            packet, fut = self._tx.popleft()
+            if fut.done():
+                continue  # the writer gave up
+            try:
+                await self._radio_tx(link, packet)
+            except WriteError as exc:
+                self.health.count("tx_failed")
+                if not fut.done():
+                    fut.set_exception(exc)
+            except (PortUnavailableError, _ModuleRestartedError) as exc:
+                if not fut.done():
+                    fut.set_exception(WriteError("unavailable", f"module lost: {exc}"))
+                raise
+            else:
+                self.health.count("tx_ok")
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _radio_tx(self, link: SerialLink, packet: bytes) -> None:
+        # Continuous receive must stop first, or radio tx answers busy (DS40001784, radio rxstop).
+        await self._command(link, "radio rxstop")
+        reply = await self._command(link, "radio tx " + packet.hex().upper())
+        if reply is None:
+            raise WriteError("timeout", "no reply to radio tx")
+        if reply != "ok":
+            reason, detail = _TX_REFUSALS.get(reply, ("device-error", f"radio tx: {reply!r}"))
+            raise WriteError(reason, detail)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.tx_timeout
+        while (left := deadline - loop.time()) > 0:
+            line = await self._next(left)
+            if line == "radio_tx_ok":
+                return
+            if line == "radio_err":
+                raise WriteError("device-error", "radio_err: the transmission was cut short")
+            if line is not None and line:
+                self._pending.append(line)
+        raise WriteError("timeout", f"no radio_tx_ok within {self.config.tx_timeout}")
 
     @classmethod
     def register_cli(cls, sim: object, tools: object) -> None:  # noqa: ARG003

@@ -46,6 +46,8 @@ class Device:
         tag = hashlib.sha256(b"streetgate/lora/fcnt/" + self.nwk_skey).hexdigest()[:8]
         #: State key: a new DevAddr or NwkSKey is a new session with its own counter.
         self.state_key = f"lora/fcnt_up/{self.dev_addr or 0:08X}/{tag}"
+        #: The session's last FCntDown, kept like FCntUp (LoRaWAN 1.0.3 §4.3.1.5).
+        self.down_key = f"lora/fcnt_down/{self.dev_addr or 0:08X}/{tag}"
 
     def __repr__(self) -> str:
         return f"Device({self.name!r}, dev_addr={self.cfg.dev_addr!r})"

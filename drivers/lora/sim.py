@@ -2,12 +2,16 @@
 
 ``ForwarderSimulator`` plays a concentrator's packet forwarder: PUSH_DATA with one ``rxpk``
 per device and round, PULL_DATA keep-alives and ``stat`` reports, with optional wrong MICs,
-replays and malformed datagrams. The modem simulator lives in :mod:`drivers.lora.simmodem`.
+replays and malformed datagrams. It answers PULL_RESP with TX_ACK (or an injected error, or
+silence) and hands each downlink to the devices (:mod:`drivers.lora.simnode`), which obey
+it. The modem simulator lives in :mod:`drivers.lora.simmodem`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import datetime as dt
@@ -15,14 +19,15 @@ import hashlib
 import itertools
 import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from drivers.api import load
+from drivers.api import Value, load
 from drivers.lora import cayenne, gwmp, lorawan, structdec
 from drivers.lora.config import DeviceConfig, FieldConfig
 from drivers.lora.gwmp import Kind, RxPacket
+from drivers.lora.simnode import SimNode
 
 __all__ = ["ForwarderSimulator", "demo_devices", "forwarder_setup", "free_udp_port",
            "garbage_datagrams", "sample_payload", "uplink_for"]
@@ -41,14 +46,20 @@ def _value(field: FieldConfig, n: int, index: int) -> float:
     return raw * field.scale + field.add
 
 
-def sample_payload(dev: DeviceConfig, n: int) -> tuple[int, bytes]:
-    """The FPort and application payload device ``dev`` sends in its ``n``-th frame."""
+def sample_payload(dev: DeviceConfig, n: int,
+                   state: Mapping[str, Value] | None = None) -> tuple[int, bytes]:
+    """The FPort and application payload device ``dev`` sends in its ``n``-th frame.
+
+    A struct field named like a key of ``state`` (a point set by a downlink) reports it.
+    """
     if dev.decoder == "struct":
         port = next((f.fport for f in dev.fields if f.fport is not None), 1)
         buf = bytearray()
         for i, f in enumerate(dev.fields):
             if f.fport in (None, port):
-                structdec.encode_field(f, _value(f, n, i), buf)
+                held = (state or {}).get(f.name)
+                value = float(held) if isinstance(held, (int, float)) else _value(f, n, i)
+                structdec.encode_field(f, value, buf)
         return port, bytes(buf)
     if dev.decoder == "cayenne":
         return 1, cayenne.encode([
@@ -60,15 +71,19 @@ def sample_payload(dev: DeviceConfig, n: int) -> tuple[int, bytes]:
     return 1, n.to_bytes(4, "big")
 
 
-def uplink_for(dev: DeviceConfig, fcnt: int, *, confirmed: bool = False) -> bytes:
-    """A genuinely encrypted and MIC-signed uplink of ``dev`` with frame counter ``fcnt``."""
+def uplink_for(dev: DeviceConfig, fcnt: int, *, confirmed: bool = False,
+               state: Mapping[str, Value] | None = None, ack: bool = False) -> bytes:
+    """A genuinely encrypted and MIC-signed uplink of ``dev`` with frame counter ``fcnt``.
+
+    ``ack`` sets FCtrl.ACK, acknowledging a confirmed downlink (LoRaWAN 1.0.3 §4.3.1.2).
+    """
     if not (dev.dev_addr and dev.nwk_skey and dev.app_skey):
         raise ValueError(f"device {dev.name} has no LoRaWAN session")
-    port, payload = sample_payload(dev, fcnt)
+    port, payload = sample_payload(dev, fcnt, state)
     return lorawan.build_data_frame(
         dev_addr=int(dev.dev_addr, 16), fcnt=fcnt, nwk_skey=bytes.fromhex(dev.nwk_skey),
         app_skey=bytes.fromhex(dev.app_skey), fport=port, payload=payload,
-        confirmed=confirmed)
+        confirmed=confirmed, fctrl=0x20 if ack else 0)
 
 
 def _demo_key(name: str, kind: str) -> str:
@@ -77,6 +92,9 @@ def _demo_key(name: str, kind: str) -> str:
 
 def demo_devices(count: int = 2, *, random_keys: bool = False) -> list[dict[str, Any]]:
     """Device tables: Cayenne LPP sensors and a struct water meter, every second one.
+
+    The water meter has a valve the gateway can open and close (a confirmed downlink on
+    FPort 10) and reports its position in bit 1 of byte 6.
 
     The fixed demo keys are the ones in example.toml, so ``streetgate sim lora-forwarder``
     without a device file talks to a gateway running the example config. Never deploy them.
@@ -95,7 +113,10 @@ def demo_devices(count: int = 2, *, random_keys: bool = False) -> list[dict[str,
                 {"name": "battery", "offset": 4, "type": "u16", "endian": "little",
                  "scale": 0.001, "unit": "V"},
                 {"name": "leak", "offset": 6, "type": "bool", "bit": 0},
+                {"name": "valve", "offset": 6, "type": "bool", "bit": 1},
             ]
+            dev["downlinks"] = [{"name": "valve", "fport": 10, "type": "bool",
+                                 "confirmed": True}]
         out.append(dev)
     return out
 
@@ -129,17 +150,20 @@ def garbage_datagrams(eui: str = DEFAULT_EUI) -> list[bytes]:
     ]
 
 
-class _Acks(asyncio.DatagramProtocol):
-    def __init__(self, counters: collections.Counter[str]) -> None:
-        self.counters = counters
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, sim: ForwarderSimulator) -> None:
+        self.sim = sim
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # noqa: ARG002
         names = {Kind.PUSH_ACK: "push_ack", Kind.PULL_ACK: "pull_ack"}
+        if len(data) > 4 and data[0] in gwmp.VERSIONS and data[3] == Kind.PULL_RESP:
+            self.sim.pull_resp(data)
+            return
         ok = len(data) == 4 and data[0] in gwmp.VERSIONS and data[3] in names
-        self.counters[names[Kind(data[3])] if ok else "unexpected"] += 1
+        self.sim.counters[names[Kind(data[3])] if ok else "unexpected"] += 1
 
     def error_received(self, exc: Exception) -> None:  # noqa: ARG002 - counted, not shown
-        self.counters["send_errors"] += 1
+        self.sim.counters["send_errors"] += 1
 
 
 class ForwarderSimulator:
@@ -167,11 +191,22 @@ class ForwarderSimulator:
         self._junk = itertools.cycle(garbage_datagrams(gateway_eui))
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The devices' receive side: downlinks addressed to them change their state.
+        self.nodes = {n.dev_addr: n for n in map(SimNode, self.devices)}
+        #: Answer PULL_RESP with this TX_ACK error (TOO_LATE, COLLISION_PACKET, ...), or not
+        #: at all while ``tx_silent``.
+        self.tx_error: str | None = None
+        self.tx_silent = False
+        #: Every ``txpk`` received, and the ``tmst`` of each device's last uplink.
+        self.txpks: list[Mapping[str, Any]] = []
+        self.uplink_tmst: dict[str, int] = {}
+        #: Called with one line per downlink and what the device made of it.
+        self.report: Callable[[str], None] | None = None
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Acks(self.counters), remote_addr=self.target)
+            lambda: _Socket(self), remote_addr=self.target)
 
     def resume(self) -> None:
         if self._task is None or self._task.done():
@@ -228,7 +263,9 @@ class ForwarderSimulator:
         if self._every("replay") and dev.name in self._last:
             self.counters["replays"] += 1
             return self._last[dev.name]
-        phy = uplink_for(dev, self.fcnt[dev.name], confirmed=self.confirmed)
+        node = self.node(dev)
+        phy = uplink_for(dev, self.fcnt[dev.name], confirmed=self.confirmed, state=node.state,
+                         ack=node.take_ack())
         self.fcnt[dev.name] = (self.fcnt[dev.name] + 1) & 0xFFFF_FFFF
         if self._every("wrong_mic"):
             self.counters["wrong_mics"] += 1
@@ -236,13 +273,45 @@ class ForwarderSimulator:
         self._last[dev.name] = phy
         return phy
 
+    def node(self, dev: DeviceConfig) -> SimNode:
+        return self.nodes[int(dev.dev_addr or "0", 16)]
+
     def push(self, phy: bytes, *, rssi: int = -87, snr: float = 7.5) -> bytes:
         now = dt.datetime.now(dt.UTC)
+        tmst = int(now.timestamp() * 1e6) & 0xFFFF_FFFF
         packet = RxPacket(data=phy, freq=868.1, datr="SF7BW125", codr="4/5", rssi=rssi,
-                          lsnr=snr, tmst=int(now.timestamp() * 1e6) & 0xFFFF_FFFF,
-                          time=now.isoformat().replace("+00:00", "Z"), chan=0, rfch=0,
-                          modu="LORA")
+                          lsnr=snr, tmst=tmst, time=now.isoformat().replace("+00:00", "Z"),
+                          chan=0, rfch=0, modu="LORA")
+        if len(phy) >= 5:
+            self.uplink_tmst[phy[4:0:-1].hex().upper()] = tmst
         return gwmp.build_push_data(self._token(), self.eui, {"rxpk": [gwmp.rxpk_json(packet)]})
+
+    def pull_resp(self, data: bytes) -> None:
+        """Answer a PULL_RESP with TX_ACK and put its frame on the air to the devices."""
+        try:
+            version, token, txpk = gwmp.parse_pull_resp(data)
+            phy = base64.b64decode(str(txpk.get("data", "")), validate=True)
+        except (gwmp.GwmpError, binascii.Error, ValueError):
+            self.counters["bad_pull_resp"] += 1
+            return
+        self.counters["pull_resp"] += 1
+        self.txpks.append(txpk)
+        if self.tx_silent:
+            return
+        if version >= 2:  # PROTOCOL.TXT v1 has no TX_ACK
+            self.send(gwmp.build_tx_ack(token, self.eui, self.tx_error))
+        if self.tx_error is not None:
+            self._show(f"TX_ACK {self.tx_error}: downlink not sent")
+            return
+        self.counters["downlinks"] += 1
+        lines = [line for node in self.nodes.values() if (line := node.receive(phy))]
+        for line in lines or [f"downlink for nobody here: {phy.hex()}"]:
+            self._show(f"{txpk.get('datr')} {txpk.get('freq')}MHz tmst {txpk.get('tmst')} "
+                       f"{line}")
+
+    def _show(self, line: str) -> None:
+        if self.report is not None:
+            self.report(line)
 
     def stat(self) -> dict[str, Any]:
         sent = self.counters["frames"]
@@ -250,7 +319,8 @@ class ForwarderSimulator:
         return {"time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S GMT"),
                 "rxnb": sent, "rxok": sent, "rxfw": sent,
                 "ackr": round(100.0 * acked / max(1, self.counters["datagrams"]), 1),
-                "dwnb": 0, "txnb": 0, "temp": 31.5}
+                "dwnb": self.counters["pull_resp"], "txnb": self.counters["downlinks"],
+                "temp": 31.5}
 
 
 class SimSetup:

@@ -3,7 +3,9 @@
 RN2483 command reference (Microchip DS40001784): ``mac pause`` answers the pause time,
 ``radio set ...`` answers ``ok``, ``radio rx 0`` answers ``ok`` (``busy`` when already
 receiving) and later ``radio_rx  <hex>`` (two spaces) or ``radio_err``; ``radio get snr`` and
-``radio get rssi`` answer a signed integer. A reset prints the version banner. Transparent
+``radio get rssi`` answer a signed integer; ``radio rxstop`` ends receive and ``radio tx
+<hex>`` answers ``ok`` (``busy`` while receiving, ``invalid_param`` for bad hex) and then
+``radio_tx_ok``. A reset prints the version banner. Transparent
 modules just write each received packet (here hex, base64 or binary, as configured).
 """
 
@@ -15,11 +17,12 @@ import collections
 import contextlib
 import os
 import tty
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from drivers.lora.config import DeviceConfig
 from drivers.lora.sim import SimSetup, demo_devices, parse_devices, sample_payload, uplink_for
+from drivers.lora.simnode import SimNode
 
 __all__ = ["BANNER", "ModemSimulator", "modem_setup"]
 
@@ -47,6 +50,16 @@ class ModemSimulator:
         #: Answer "radio rx 0" with invalid_param (a module left in LoRaWAN mode).
         self.refuse_rx = False
         self.armed = False
+        #: Answer "radio tx" with this (busy, no_free_ch, invalid_param) instead of ok, and
+        #: end an accepted transmission with ``tx_result`` (radio_tx_ok or radio_err).
+        self.tx_reply: str | None = None
+        self.tx_result = "radio_tx_ok"
+        #: Packets sent with "radio tx"; LoRaWAN ones reach the devices (``nodes``).
+        self.transmitted: list[bytes] = []
+        self.nodes = [SimNode(d) for d in self.devices
+                      if payload == "lorawan" and d.dev_addr and d.nwk_skey and d.app_skey]
+        #: Called with one line per transmitted packet and what a device made of it.
+        self.report: Callable[[str], None] | None = None
         self.commands: list[str] = []
         self._fds: tuple[int, int] | None = None
         self._inbox = b""
@@ -114,6 +127,11 @@ class ModemSimulator:
         self._write(self._answer(cmd).encode() + b"\r\n")
 
     def _answer(self, cmd: str) -> str:
+        if cmd == "radio rxstop":
+            self.armed = False
+            return "ok"
+        if cmd.startswith("radio tx "):
+            return self._tx(cmd.removeprefix("radio tx ").strip())
         if cmd == "radio rx 0":
             if self.refuse_rx:
                 return "invalid_param"
@@ -127,6 +145,28 @@ class ModemSimulator:
             return replies[cmd]
         return "ok" if cmd.startswith("radio set ") else "invalid_param"
 
+    def _tx(self, text: str) -> str:
+        if self.tx_reply is not None:
+            return self.tx_reply
+        if self.armed:
+            return "busy"
+        try:
+            data = bytes.fromhex(text)
+        except ValueError:
+            return "invalid_param"
+        if not data or len(data) > 255:
+            return "invalid_param"
+        self.transmitted.append(data)
+        self.counters["transmitted"] += 1
+        # After the "ok" this command's reply is about to write: the end of the airtime.
+        asyncio.get_running_loop().call_later(0.02, self._write,
+                                              self.tx_result.encode() + b"\r\n")
+        lines = [line for node in self.nodes if (line := node.receive(data))]
+        for line in lines or [f"radio tx {data.hex().upper()}"]:
+            if self.report is not None:
+                self.report(line)
+        return "ok"
+
     def packet(self) -> bytes:
         """The next packet on the air: a signed uplink, or a raw payload with its prefix."""
         dev = self.devices[self._turn % len(self.devices)]
@@ -134,7 +174,10 @@ class ModemSimulator:
         n = self.fcnt[dev.name]
         self.fcnt[dev.name] = n + 1
         if self.payload == "lorawan":
-            return uplink_for(dev, n)
+            node = next((x for x in self.nodes if x.name == dev.name), None)
+            if node is None:
+                return uplink_for(dev, n)
+            return uplink_for(dev, n, state=node.state, ack=node.take_ack())
         prefix = bytes.fromhex(dev.match) if dev.match else b""
         return prefix + sample_payload(dev, n)[1]
 
