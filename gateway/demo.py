@@ -8,6 +8,7 @@ import queue
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,11 +19,13 @@ from gateway.cose import kid_for
 from gateway.daemon import Gateway
 from gateway.subscriber import BatchSubscriber
 from gateway.verify import Verifier
+from provisioning._files import write_public
 from provisioning.keys import load_or_create_signing_key, public_key_pem
 
 __all__ = ["DemoSummary", "demo_config", "run_demo"]
 
 GATEWAY_ID = "cab-demo"
+LAMP = "lamps/dev-000/light"
 
 
 @dataclass
@@ -38,6 +41,7 @@ class DemoSummary:
     outage_s: float = 0.0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         bpr = self.wire_bytes / self.verified if self.verified else None
@@ -45,7 +49,8 @@ class DemoSummary:
                 "verified": self.verified, "duplicates": self.duplicates, "lost": self.lost,
                 "batches": self.batches, "rejected": self.rejected,
                 "wire_bytes_per_reading": round(bpr, 2) if bpr else None,
-                "outage_s": self.outage_s, "seconds": self.seconds}
+                "outage_s": self.outage_s, "seconds": self.seconds,
+                "commands": self.commands}
 
 
 def demo_config(state_dir: Path, port: int, *, devices: int = 10,
@@ -55,7 +60,13 @@ def demo_config(state_dir: Path, port: int, *, devices: int = 10,
         "buffer": {"commit_window": "100ms"},
         "uplink": {"host": "127.0.0.1", "port": port, "batch_linger": "1s",
                    "reconnect_min": "200ms", "reconnect_max": "2s", "status_interval": "5s"},
-        "drivers": {"sim": [{"instance": "demo", "devices": devices, "interval": interval}]},
+        "drivers": {"sim": [
+            {"instance": "demo", "devices": devices, "interval": interval},
+            {"instance": "lamps", "devices": 1, "counters": 0, "sines": 0, "walks": 0,
+             "switches": 0, "lights": 1, "interval": "500ms"}]},
+        "commands": {"keys": ["keys/platform-command.pub"],
+                     "writable": [{"point": LAMP, "min": 0, "max": 100, "step": 1,
+                                   "min_interval": "0s"}]},
     }
     return parse_config(raw, file="demo.toml")
 
@@ -129,6 +140,9 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
                save_dir: Path | None, out: TextIO | None) -> DemoSummary:
     cfg = demo_config(work / "state", broker.port)
     key = load_or_create_signing_key(cfg.gateway.path(cfg.gateway.signing_key))
+    platform = load_or_create_signing_key(work / "platform-command.key")
+    write_public(cfg.gateway.path("keys/platform-command.pub"),
+                 public_key_pem(platform.public_key()).encode())
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
         (save_dir / "public.pem").write_text(public_key_pem(key.public_key()))
@@ -142,6 +156,7 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
     pump = asyncio.create_task(_pump(sub, receiver), name="streetgate.demo.pump")
     try:
         await _timeline(broker, seconds, outage, receiver)
+        await _commands(broker, platform, key.public_key(), receiver, work)
         await gw.stop_drivers()
         await gw.wait_drained(timeout=60.0)
         produced = gw.counters["produced"]
@@ -176,6 +191,33 @@ async def _timeline(broker: Mosquitto, seconds: float, outage: float, rx: _Recei
     await asyncio.to_thread(broker.start)
     rx._print("--- broker back: draining the buffer ---")  # noqa: SLF001
     await asyncio.sleep(max(0.0, seconds - outage - before))
+
+
+async def _commands(broker: Mosquitto, platform: Any, gateway_key: Any, rx: _Receiver,
+                    work: Path) -> None:
+    """Switch a street light on and off by signed command; then try a forged one."""
+    from gateway.command import Command  # noqa: PLC0415
+    from gateway.command_cli import send_command  # noqa: PLC0415
+
+    forger = load_or_create_signing_key(work / "forged.key")
+    keys = {kid_for(gateway_key): gateway_key}
+    for what, value, signer in (("switch the light on", 100, platform),
+                                ("switch the light off", 0, platform),
+                                ("a forged command (signed by an unknown key)", 100, forger)):
+        now = time.time_ns() // 1_000_000
+        cmd = Command(GATEWAY_ID, uuid.uuid4().hex, now, now + 30_000, point=LAMP, value=value)
+        rx._print(f"--- command: {what}: {LAMP} = {value} ---")  # noqa: SLF001
+        _m, final, _seen = await asyncio.to_thread(
+            send_command, cmd, signer, host=broker.host, port=broker.port, wait=15.0,
+            gateway_keys=keys)
+        if final is None:
+            line = "no result within 15 s"
+        else:
+            why = f" ({final.reason}: {final.detail})" if final.reason else ""
+            back = f", the light reads back {final.value!r}" if final.status == "done" else ""
+            line = f"{final.status}{why}{back}"
+        rx.summary.commands.append(f"{LAMP} = {value}: {line}")
+        rx._print(f"    result, signed by the gateway: {line}")  # noqa: SLF001
 
 
 async def _pump(sub: BatchSubscriber, rx: _Receiver) -> None:

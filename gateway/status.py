@@ -292,7 +292,25 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
         lines += _buffer_lines(doc.get("buffer", {}))
         lines.append(_clock_line(doc.get("clock", {})))
         lines += _driver_lines(doc.get("drivers", {}), now)
+        lines += _command_lines(doc.get("commands"), now)
     return "\n".join(lines) + "\n"
+
+
+def _command_lines(cmds: Mapping[str, Any] | None, now: float) -> list[str]:
+    """Pending commands and the last few results (``[commands]`` configured)."""
+    if not cmds:
+        return []
+    pending = cmds.get("pending", [])
+    counts = ", ".join(f"{cmds.get(k, 0)} {k}" for k in ("done", "rejected", "failed",
+                                                           "expired"))
+    lines = [f"commands {len(pending)} pending; {counts}"]
+    lines += [f"         waiting: {cid}" for cid in pending[:5]]
+    for r in list(cmds.get("recent", []))[-5:]:
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        value = f" = {r['value']!r}" if r.get("value") is not None else ""
+        lines.append(f"         {_age(now - r.get('at', now))} ago  {r.get('id', '?')[:12]}  "
+                     f"{r.get('status')}{why}{value}")
+    return lines
 
 
 # -- the loop ------------------------------------------------------------------------------------
