@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = [
+    "WRITE_FAILURES",
     "Backoff",
     "ByteSize",
     "ConfigError",
@@ -61,7 +62,6 @@ __all__ = [
     "StateStore",
     "UdpDrops",
     "Value",
-    "WRITE_FAILURES",
     "WriteError",
     "dump",
     "load",
@@ -336,7 +336,8 @@ class Driver(Generic[C]):
         Raises:
             WriteError: the write did not happen as asked; ``reason`` says why.
         """
-        raise WriteError("not-writable", f"the {self.name} driver cannot write {point}")
+        raise WriteError("not-writable",
+                         f"the {self.name} driver cannot write {point} (value {value!r})")
 
     @classmethod
     def register_cli(

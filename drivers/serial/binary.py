@@ -12,7 +12,7 @@ from drivers.api import Quality
 from drivers.serial._model import ChecksumError, DecodeError, Field, scaled
 from drivers.serial.checksums import Checksum
 
-__all__ = ["TYPES", "BinaryDecoder", "BinaryField", "ChecksumSpec", "layout"]
+__all__ = ["TYPES", "BinaryDecoder", "BinaryField", "ChecksumSpec", "codec", "layout"]
 
 #: Field type -> (struct code, size in bytes).
 TYPES: dict[str, tuple[str, int]] = {
@@ -20,6 +20,11 @@ TYPES: dict[str, tuple[str, int]] = {
     "u32": ("I", 4), "i32": ("i", 4), "u64": ("Q", 8), "i64": ("q", 8),
     "f32": ("f", 4), "f64": ("d", 8),
 }
+
+
+def codec(kind: str, byte_order: Literal["big", "little"]) -> struct.Struct:
+    """The struct that packs and unpacks one field of ``kind`` (a key of :data:`TYPES`)."""
+    return struct.Struct((">" if byte_order == "big" else "<") + TYPES[kind][0])
 
 
 def layout(fields: Sequence[tuple[int | None, str]]) -> list[tuple[int, int]]:
@@ -70,14 +75,28 @@ class ChecksumSpec:
         except ValueError as exc:
             raise ChecksumError(str(exc)) from None
 
+    def seal(self, frame: bytes) -> bytes:
+        """``frame`` with its checksum computed and written in place (the inverse of verify).
+
+        Raises:
+            ValueError: the frame has no room for the checksum at its position.
+        """
+        pos = self.position(len(frame))
+        end = pos + self.algorithm.size
+        if pos < self.start or end > len(frame):
+            raise ValueError(f"frame of {len(frame)} bytes has no room for the "
+                             f"{self.algorithm.name} at byte {pos}")
+        value = self.algorithm.compute(frame[self.start:pos])
+        stored = value.to_bytes(self.algorithm.size, self.byte_order or self.algorithm.byte_order)
+        return frame[:pos] + stored + frame[end:]
+
 
 class BinaryDecoder:
     """Decodes fixed-layout binary frames (all offsets from the first byte of the frame)."""
 
     def __init__(self, fields: Sequence[BinaryField], *, byte_order: Literal["big", "little"],
                  checksum: ChecksumSpec | None = None, length: int | None = None) -> None:
-        prefix = ">" if byte_order == "big" else "<"
-        self._fields = [(f, struct.Struct(prefix + TYPES[f.kind][0])) for f in fields]
+        self._fields = [(f, codec(f.kind, byte_order)) for f in fields]
         self._needed = max(f.at + s.size for f, s in self._fields)
         self._checksum = checksum
         self._length = length

@@ -33,6 +33,8 @@ def register(
     p.add_argument("--dropout", metavar="EVERY/FOR", help='e.g. "30s/5s"')
     p.add_argument("--dropout-kind", choices=["unplug", "silence"], default="unplug")
     p.add_argument("--rate", type=float, default=1.0, metavar="HZ")
+    p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                   help="delay before each answer (overlapping commands are counted)")
     p.add_argument("--link", type=Path, help="stable device path (default: a temp dir)")
     p.add_argument("--seed", type=int)
     p.add_argument("--duration", type=float, metavar="SECONDS", help="exit after this long")
@@ -62,13 +64,15 @@ def run_sim(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"streetgate sim serial: {exc}")
         return 2
-    if not 0.0 <= args.noise <= 1.0 or args.rate <= 0:
-        print("streetgate sim serial: --noise must be within 0..1 and --rate positive")
+    if not 0.0 <= args.noise <= 1.0 or args.rate <= 0 or args.latency < 0:
+        print("streetgate sim serial: --noise must be within 0..1, --rate positive and "
+              "--latency not negative")
         return 2
     link = args.link or Path(tempfile.mkdtemp(prefix="streetgate-sim-")) / "ttySIM0"
     sim = SerialSimulator(link, args.profile, rate=args.rate, noise=args.noise, seed=args.seed,
                           script=script, dropout=dropout, dropout_kind=args.dropout_kind,
-                          once=args.once, on_event=lambda msg: print(msg, flush=True))
+                          once=args.once, latency=args.latency,
+                          on_event=lambda msg: print(msg, flush=True))
     asyncio.run(_serve(sim, args))
     return 0
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from drivers.api import Duration, option
-from drivers.serial import binary
+from drivers.serial import binary, writes
 from drivers.serial.checksums import CHECKSUMS
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "FramingConfig",
     "QueryConfig",
     "SerialConfig",
+    "WriteConfig",
     "parse_hex",
 ]
 
@@ -160,6 +161,13 @@ class DecoderConfig:
     length: int | None = option(None, doc="binary: expected frame size", minimum=1)
     fields: list[FieldConfig] = option(factory=list)
 
+    def checksum_spec(self) -> binary.ChecksumSpec | None:
+        """Where the checksum sits and what it covers, or None without one."""
+        if self.checksum == "none":
+            return None
+        return binary.ChecksumSpec(CHECKSUMS[self.checksum], self.checksum_position(),
+                                   self.checksum_from, self.checksum_byte_order)
+
     def checksum_position(self) -> int:
         """Checksum offset (negative: from the end); by default the frame's last bytes."""
         if self.checksum_at is not None:
@@ -266,6 +274,45 @@ class QueryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WriteConfig:
+    """A writable point: the command that sets it and the replies that confirm it."""
+
+    point: str = option(doc="point name, as in the device's readings", pattern=NAME)
+    type: FieldType = option("int", doc="command: int/float/bool/str; command_hex: u8..f64")
+    scale: float = option(1.0, doc="sent = (value - offset) / scale, as readings are scaled")
+    offset: float = option(0.0)
+    minimum: float | None = option(None, doc="smaller values are refused, nothing is sent")
+    maximum: float | None = option(None, doc="larger values are refused, nothing is sent")
+    command: str | None = option(None, doc='text template, TOML escapes: "SET DIM '
+                                           '{value:d}\\r\\n"')
+    command_hex: str | None = option(None, doc="binary: the whole frame in hex; the value and "
+                                               "the checksum are filled in", pattern=HEX)
+    value_at: int | None = option(None, doc="binary: byte offset of the value", minimum=0)
+    reply: str | None = option(None, doc="text: regex the whole OK reply matches; group "
+                                         "(?P<value>...) = the value now in effect")
+    error: str | None = option(None, doc="text: regex of an error reply; group (?P<code>...) "
+                                         "or the first group = the device's error code")
+    reply_hex: str | None = option(None, doc="binary: the OK reply starts with these bytes",
+                                   pattern=HEX)
+    reply_value_at: int | None = option(None, doc="binary: byte offset of the value now in "
+                                                  "effect in the reply", minimum=0)
+    error_hex: str | None = option(None, doc="binary: an error reply starts with these bytes",
+                                   pattern=HEX)
+    error_code_at: int | None = option(None, doc="binary: byte offset of the error code (u8)",
+                                       minimum=0)
+    confirm: Literal["reply", "readback", "ack"] = option(
+        "reply", doc="reply: the reply carries the value; readback: read the point again "
+                     "(the device's query, or its next streamed frame); ack: trust the reply")
+    timeout: Duration = option(Duration(1.0), doc="wait this long for the reply",
+                               minimum=0.001)
+    tolerance: float = option(0.0, doc="a confirmed value this close to the written one "
+                                       "is the same", minimum=0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        return writes.write_issues(self)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceConfig:
     """One device on the port; its points are ``<instance>/<name>/<point>``."""
 
@@ -274,6 +321,7 @@ class DeviceConfig:
     query: QueryConfig | None = option(None, doc="absent: the device streams on its own")
     silence_timeout: Duration | None = option(
         None, doc="streaming: no valid frame for this long -> timeout readings", minimum=0.01)
+    writes: list[WriteConfig] = option(factory=list, doc="writable points")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,4 +371,9 @@ class SerialConfig:
             issues += [(f"decoder.{p}", m) for p, m in dec.layout_issues(fixed, "framing.length")]
         if dev.query is not None and dev.silence_timeout is not None:
             issues.append(("silence_timeout", "only for streaming devices (query has timeout)"))
+        points = [w.point for w in dev.writes]
+        issues += [(f"writes[{i}].point", f'duplicate writable point "{p}"')
+                   for i, p in enumerate(points) if p in points[:i]]
+        for i, w in enumerate(dev.writes):
+            issues += [(f"writes[{i}].{p}", m) for p, m in writes.device_issues(w, dec, framing)]
         return issues

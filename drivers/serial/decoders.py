@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from drivers.api import Quality, Value
 from drivers.serial._model import DecodeError, Decoder, Field, sanitize, scaled, text_value
-from drivers.serial.binary import BinaryDecoder, BinaryField, ChecksumSpec, layout
-from drivers.serial.checksums import CHECKSUMS
+from drivers.serial.binary import BinaryDecoder, BinaryField, layout
 from drivers.serial.config import DecoderConfig, FieldConfig, FramingConfig
 from drivers.serial.nmea import NmeaDecoder
 
@@ -96,11 +95,7 @@ def _binary(cfg: DecoderConfig, framing: FramingConfig) -> BinaryDecoder:
     spans = layout([(f.at, f.type) for f in cfg.fields])
     fields = [BinaryField(f.name, at, f.type, f.scale, f.offset, f.decimals, f.unit)
               for f, (at, _size) in zip(cfg.fields, spans, strict=True)]
-    checksum = None
-    if cfg.checksum != "none":
-        checksum = ChecksumSpec(CHECKSUMS[cfg.checksum], cfg.checksum_position(),
-                                cfg.checksum_from, cfg.checksum_byte_order)
-    return BinaryDecoder(fields, byte_order=cfg.byte_order, checksum=checksum,
+    return BinaryDecoder(fields, byte_order=cfg.byte_order, checksum=cfg.checksum_spec(),
                          length=cfg.length or framing.fixed_length())
 
 

@@ -6,7 +6,8 @@ fails: fixed-length and length-prefixed framers then rescan from the frame's sec
 which is how they resynchronize after a false start marker in noise.
 
 ``make_framer(cfg)`` builds one from a :class:`drivers.serial.config.FramingConfig` (or
-any object with the same attributes).
+any object with the same attributes); ``wire_frame(cfg, frame)`` is its inverse, for frames
+the gateway sends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "LengthFramer",
     "LineFramer",
     "make_framer",
+    "wire_frame",
 ]
 
 
@@ -351,3 +353,49 @@ def make_framer(cfg: Any) -> Framer:
     return DelimitedFramer(end=end_byte, start=_one(cfg.start), escape=_one(cfg.escape),
                            escape_xor=cfg.escape_xor, escape_map=escape_map,
                            max_frame=cfg.max_frame)
+
+
+def _stuffed(frame: bytes, special: set[int], escape: int | None, xor: int,
+             escape_map: dict[int, int]) -> bytes:
+    codes = {decoded: code for code, decoded in escape_map.items()}
+    out = bytearray()
+    for byte in frame:
+        if byte not in special:
+            out.append(byte)
+        elif escape is None:
+            raise ValueError(f"byte 0x{byte:02X} is a delimiter and framing has no escape")
+        elif byte in codes:
+            out += bytes((escape, codes[byte]))
+        elif xor and (byte ^ xor) not in special:
+            out += bytes((escape, byte ^ xor))
+        else:
+            raise ValueError(f"byte 0x{byte:02X} cannot be escaped with escape_xor = {xor}")
+    return bytes(out)
+
+
+def wire_frame(cfg: Any, frame: bytes) -> bytes:
+    """The bytes that carry ``frame`` under a framing config (what its framer would cut out).
+
+    ``line`` appends the terminator; ``delimited`` adds the delimiters and stuffs bytes
+    (RFC 1055, RFC 1662 §4.2); ``fixed`` and ``length`` frames already hold their start
+    bytes and header, so they go as they are.
+
+    Raises:
+        ValueError: the frame cannot be carried (a terminator or unescapable delimiter in it).
+    """
+    if cfg.mode == "line":
+        term: bytes = cfg.terminator.encode("latin-1")
+        if term in frame:
+            raise ValueError(f"the frame contains the terminator {term!r}")
+        return frame + term
+    if cfg.mode != "delimited":
+        return frame
+    end = _one(cfg.end)
+    if end is None:
+        raise ValueError("delimited framing needs an end byte")
+    start = _one(cfg.start)
+    escape = _one(cfg.escape)
+    special = {end} | {b for b in (start, escape) if b is not None}
+    escape_map = {int(k, 16): int(v, 16) for k, v in cfg.escape_map.items()}
+    body = _stuffed(frame, special, escape, cfg.escape_xor, escape_map)
+    return bytes((end if start is None else start,)) + body + bytes((end,))

@@ -99,9 +99,13 @@ class Pipeline:
     def points(self) -> list[tuple[str, str | None]]:
         return [p for d in self.devices for p in d.points()]
 
-    def expect(self, take: Callable[[bytes], bool] | None) -> None:
-        """Route the next frames to ``take`` (a pending query) until called with None."""
-        if take is not None:
+    def expect(self, take: Callable[[bytes], bool] | None, *, reset: bool = True) -> None:
+        """Offer the next frames to ``take`` (a pending query or write) until called with None.
+
+        ``take`` returns whether the frame was its answer; a streaming device's frames it
+        does not take are decoded as usual. ``reset=False`` keeps a frame being received.
+        """
+        if take is not None and reset:
             self.framer.reset()  # bytes from before the query are not its answer
             self._sync_counters()
         self._answer = take
@@ -130,9 +134,12 @@ class Pipeline:
         return out
 
     def _frame(self, frame: bytes, ts: int, now: float) -> list[Reading]:
+        taken = self._answer is not None and self._answer(frame)
         if self.stream is None:
-            if self._answer is None or not self._answer(frame):
+            if not taken:
                 self.health.count("unsolicited_frames")
+            return []
+        if taken:
             return []
         try:
             return self.stream.decode(frame, ts, now)

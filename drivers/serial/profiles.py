@@ -9,11 +9,13 @@ from __future__ import annotations
 import random
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from drivers.serial.checksums import CHECKSUMS
 from drivers.serial.nmea import sentence
 
 __all__ = ["PROFILES", "Profile", "make_profile", "profile_config", "profile_toml"]
@@ -21,7 +23,8 @@ __all__ = ["PROFILES", "Profile", "make_profile", "profile_config", "profile_tom
 _EXAMPLE = Path(__file__).with_name("example.toml")
 #: profile -> instance of its table in example.toml
 PROFILES = {"nmea-weather": "weather", "nmea-gps": "gps", "pm-sensor": "air",
-            "ascii-counter": "counters"}
+            "ascii-counter": "counters", "ascii-dimmer": "lights"}
+_SUM16 = CHECKSUMS["sum16"]
 
 
 def _walk(rng: random.Random, value: float, step: float, lo: float, hi: float) -> float:
@@ -40,9 +43,20 @@ class Profile:
     name: str
     rng: random.Random
     state: dict[str, float] = field(default_factory=dict)
+    #: Told of each write received, in a technician's words.
+    on_event: Callable[[str], None] = field(default=lambda _msg: None)
 
     def frames(self, tick: int) -> list[bytes]:  # noqa: ARG002 - used by subclasses
         return []
+
+    def commands(self, rx: bytearray) -> list[bytes]:
+        """Complete commands taken off the front of ``rx``: lines (a long blob counts as one)."""
+        out = []
+        while b"\n" in rx or len(rx) > 256:
+            line, _, rest = bytes(rx).partition(b"\n")
+            rx[:] = rest
+            out.append(line)
+        return out
 
     def answer(self, command: bytes) -> bytes | None:  # noqa: ARG002 - used by subclasses
         return None
@@ -92,10 +106,44 @@ class NmeaGps(Profile):
         ]
 
 
+def _pms(body: bytes) -> bytes:
+    return body + _SUM16.compute(body).to_bytes(2, "big")
+
+
 class PmSensor(Profile):
-    """A PMS5003T-style particle sensor: 32-byte frames with a 16-bit sum."""
+    """A PMS5003T-style particle sensor: 32-byte frames with a 16-bit sum.
+
+    Host command ``42 4D E4 00 <0|1> <sum16>`` puts it to sleep (no frames) or wakes it;
+    it confirms with ``42 4D 00 04 E4 <state> <sum16>``, or ``42 4D 00 04 EE 02 <sum16>``
+    for a state it does not know. Commands with a wrong sum are ignored.
+    """
+
+    def commands(self, rx: bytearray) -> list[bytes]:
+        out = []
+        while (start := rx.find(b"BM")) >= 0 and len(rx) >= start + 7:
+            out.append(bytes(rx[start:start + 7]))
+            del rx[:start + 7]
+        if len(rx) > 256:
+            rx.clear()
+        return out
+
+    def answer(self, command: bytes) -> bytes | None:
+        body, stored = command[:5], int.from_bytes(command[5:7], "big")
+        if len(command) != 7 or _SUM16.compute(body) != stored or body[2] != 0xE4:
+            return None
+        state = body[4]
+        if state not in (0, 1):
+            self.on_event(f"write {command.hex(' ')}: refused, state {state} (error 2)")
+            return _pms(b"BM\x00\x04\xee\x02")
+        was = "asleep" if self.state.get("asleep") else "running"
+        self.state["asleep"] = float(state == 0)
+        now = "asleep" if state == 0 else "running"
+        self.on_event(f"write {command.hex(' ')}: {was} -> {now}")
+        return _pms(b"BM\x00\x04\xe4" + bytes([state]))
 
     def frames(self, tick: int) -> list[bytes]:  # noqa: ARG002
+        if self.state.get("asleep"):
+            return []
         s, r = self.state, self.rng
         s["pm25"] = _walk(r, s.get("pm25", 12.0), 1.0, 0, 500)
         s["t"] = _walk(r, s.get("t", 21.0), 0.1, -20, 60)
@@ -126,8 +174,48 @@ class AsciiCounter(Profile):
         return b"#?" + bytes(self.rng.randrange(0x21, 0x7F) for _ in range(8)) + b"\r\n"
 
 
+class AsciiDimmer(Profile):
+    """A street-light dimmer: ``READ``, ``SET DIM <0..100>``, ``SET RELAY <0|1>``.
+
+    ``READ`` answers ``LEVEL=<n>;RELAY=<0|1>;TEMP=<t>``. ``SET DIM n`` answers ``OK DIM
+    <level now>``: the level is capped at ``state["limit"]`` (thermal derating), and 1..9 is
+    refused with ``ERR 3`` (below the driver's minimum). ``SET RELAY`` answers ``OK``. Other
+    commands get ``ERR 1``, bad arguments ``ERR 2``.
+    """
+
+    def answer(self, command: bytes) -> bytes | None:
+        s = self.state
+        s.setdefault("level", 100)
+        s.setdefault("relay", 1)
+        s.setdefault("limit", 100)
+        words = command.strip().upper().split()
+        if words == [b"READ"]:
+            s["t"] = _walk(self.rng, s.get("t", 35.0), 0.2, 10, 90)
+            return (f"LEVEL={int(s['level'])};RELAY={int(s['relay'])};"
+                    f"TEMP={s['t']:.1f}\r\n").encode()
+        if len(words) != 3 or words[0] != b"SET":
+            return b"ERR 1\r\n" if words else None
+        return self._set(words[1].decode("latin-1"), words[2], command.strip())
+
+    def _set(self, what: str, arg: bytes, command: bytes) -> bytes:
+        s = self.state
+        number = int(arg) if arg.isdigit() else -1
+        key, top = {"DIM": ("level", 100), "RELAY": ("relay", 1)}.get(what, ("", 0))
+        if not key or not 0 <= number <= top:
+            self.on_event(f"write {command!r}: refused (error 2)")
+            return b"ERR 2\r\n"
+        if key == "level" and 0 < number < 10:
+            self.on_event(f"write {command!r}: refused, below the minimum level (error 3)")
+            return b"ERR 3\r\n"
+        was = int(s[key])
+        s[key] = min(number, int(s["limit"])) if key == "level" else number
+        self.on_event(f"write {command!r}: {key} {was} -> {int(s[key])}")
+        return f"OK DIM {int(s[key])}\r\n".encode() if key == "level" else b"OK\r\n"
+
+
 _CLASSES: dict[str, type[Profile]] = {"nmea-weather": NmeaWeather, "nmea-gps": NmeaGps,
-                                      "pm-sensor": PmSensor, "ascii-counter": AsciiCounter}
+                                      "pm-sensor": PmSensor, "ascii-counter": AsciiCounter,
+                                      "ascii-dimmer": AsciiDimmer}
 
 
 def make_profile(name: str, seed: int | None = None) -> Profile:

@@ -88,13 +88,17 @@ class SerialSimulator:
         noise: probability per frame of garbage, a flipped bit, truncation or an oversized blob.
         script: steps to replay instead of the profile's frames (answers still come from it).
         dropout: (every, for) seconds: unplug (or fall silent) periodically.
+        latency: seconds between a command and its answer; a command that arrives before
+            the previous answer went out is counted in ``stats["overlaps"]`` (on RS-485 the
+            two would collide).
+        on_event: told of unplugs, replugs and each write the device receives.
     """
 
     def __init__(self, link: Path, profile: str = "nmea-weather", *, rate: float = 1.0,
                  noise: float = 0.0, seed: int | None = None, script: list[Step] | None = None,
                  dropout: tuple[float, float] | None = None,
                  dropout_kind: Literal["unplug", "silence"] = "unplug", once: bool = False,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 latency: float = 0.0, on_event: Callable[[str], None] | None = None) -> None:
         self.link = link
         self.profile = make_profile(profile, seed)
         self.config: Mapping[str, Any] = profile_config(profile, str(link))
@@ -102,12 +106,16 @@ class SerialSimulator:
         self._rate, self._noise, self._script, self._once = rate, noise, script, once
         self._dropout, self._dropout_kind = dropout, dropout_kind
         self._on_event = on_event or (lambda _msg: None)
+        self.profile.on_event = self._on_event
+        self._latency = latency
+        self._busy_until = 0.0
         self._fds: tuple[int, int] | None = None
         self._rx = bytearray()
         self._malformed = self._silent = False
         self._tasks: list[asyncio.Task[None]] = []
         self.device: str | None = None
-        self.stats = {"frames": 0, "noisy": 0, "answers": 0, "dropped": 0, "plugs": 0}
+        self.stats = {"frames": 0, "noisy": 0, "answers": 0, "dropped": 0, "plugs": 0,
+                      "overlaps": 0}
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -179,12 +187,21 @@ class SerialSimulator:
         except OSError:
             return
         self._rx += data
-        while b"\n" in self._rx or len(self._rx) > 256:
-            line, _, rest = bytes(self._rx).partition(b"\n")
-            self._rx[:] = rest
-            reply = self.profile.malformed() if self._malformed else self.profile.answer(line)
-            if reply is not None and not self._silent:
-                self.stats["answers"] += 1
+        loop = asyncio.get_running_loop()
+        for command in self.profile.commands(self._rx):
+            now = loop.time()
+            if now < self._busy_until:
+                self.stats["overlaps"] += 1
+            if self._silent:
+                continue
+            reply = self.profile.malformed() if self._malformed else self.profile.answer(command)
+            if reply is None:
+                continue
+            self.stats["answers"] += 1
+            if self._latency > 0:
+                self._busy_until = now + self._latency
+                loop.call_later(self._latency, self._send, self._noisy(reply))
+            else:
                 self._send(self._noisy(reply))
 
     def _send(self, data: bytes) -> None:

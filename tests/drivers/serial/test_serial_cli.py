@@ -260,3 +260,21 @@ def test_sim_rejects_a_bad_script(capsys, tmp_path) -> None:
     args = parse(["sim", "serial", "--script", str(script)])
     assert args.func(args) == 2
     assert "script line 2: unknown step 'send'" in capsys.readouterr().out
+
+
+def test_sim_prints_each_write_and_reports_the_new_state(sim_process, tmp_path) -> None:
+    import serial  # noqa: PLC0415 - pyserial, as the driver opens the port
+
+    link = tmp_path / "ttyDIM"
+    sim = sim_process("--profile", "ascii-dimmer", "--link", str(link))
+    sim.wait_for("serial simulator ascii-dimmer")
+    with serial.Serial(str(link), timeout=3) as port:
+        port.write(b"SET DIM 40\r\n")
+        assert port.readline() == b"OK DIM 40\r\n"
+        sim.wait_for(r"^write b'SET DIM 40': level 100 -> 40$")
+        port.write(b"SET DIM 5\r\n")
+        assert port.readline() == b"ERR 3\r\n"
+        sim.wait_for(r"^write b'SET DIM 5': refused, below the minimum level \(error 3\)$")
+        port.write(b"READ\r\n")
+        assert port.readline().startswith(b"LEVEL=40;RELAY=1;TEMP=")
+    assert sim.stop() == 0

@@ -23,14 +23,18 @@ def example_tables() -> list[dict[str, object]]:
 
 def test_example_tables_validate_and_name_their_points() -> None:
     tables = example_tables()
-    assert [t["instance"] for t in tables] == ["weather", "gps", "air", "counters"]
+    assert [t["instance"] for t in tables] == ["weather", "gps", "air", "counters", "lights"]
+    writable = []
     for i, table in enumerate(tables):
         data = dict(table)
         instance = str(data.pop("instance"))
         cfg = SerialDriver.parse_config(data, file="example.toml", path=f"drivers.serial[{i}]")
-        points = list(SerialDriver(cfg, DriverContext.standalone(instance, "serial")).points())
+        drv = SerialDriver(cfg, DriverContext.standalone(instance, "serial"))
+        points = list(drv.points())
         assert points, instance
         assert all(re.fullmatch(rf"{instance}/[\w.-]+/[a-z0-9_]+", p) for p, _ in points)
+        writable += drv.writable_points()
+    assert writable == ["air/pm/running", "lights/lamp/level", "lights/lamp/relay"]
 
 
 def test_readme_includes_the_example_verbatim_and_ends_with_troubleshooting() -> None:
