@@ -53,7 +53,8 @@ def _none(reason: str) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    names = {"device", "unplug_bus", "dead_device", "lora_bus"} & set(metafunc.fixturenames)
+    names = {"device", "unplug_bus", "dead_device", "lora_bus", "write_device"} & set(
+        metafunc.fixturenames)
     if not names:
         return
     rig = the_rig(metafunc.config)
@@ -68,6 +69,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         devs = [d for d in rig.devices if d.dead is not None]
         metafunc.parametrize("dead_device", devs or [_none("rig has no Modbus device it can "
                                                            "make dead")],
+                             ids=lambda d: f"{d.bus}/{d.name}" if d else "none")
+    if "write_device" in names:
+        devs = [d for d in rig.devices if d.write]
+        metafunc.parametrize("write_device", devs or [_none("rig has no Modbus device with "
+                                                            "points it may write")],
                              ids=lambda d: f"{d.bus}/{d.name}" if d else "none")
     if "lora_bus" in names:
         buses = [b for b in rig.buses if b.driver == "lora_forwarder"]

@@ -176,6 +176,8 @@ class Device:
     ranges: dict[str, list[float]] = option(factory=dict,
                                             doc="point = [lowest, highest] good value")
     dead: DeviceDead | None = option(None, doc="how to make it stop answering")
+    write: list[str] = option(factory=list, doc="Modbus coil or holding points (last part) the "
+                              "suite may write, read back and then restore")
 
     def validate(self) -> list[tuple[str, str]]:
         issues: list[tuple[str, str]] = []
@@ -329,6 +331,8 @@ class Rig:
             issues.append(("profile", 'only for simulators (gateway.config = "simulators")'))
         if dev.dead is not None:
             issues += self._dead(dev.dead, bus)
+        if dev.write and bus.driver != "modbus":
+            issues.append(("write", f"only for Modbus devices; this one is on a {bus.driver} bus"))
         return issues
 
     def _dead(self, dead: DeviceDead, bus: Bus) -> list[tuple[str, str]]:

@@ -8,12 +8,24 @@ pymodbus, pyserial and asyncio may raise around it::
     ├── ResponseTimeoutError       no answer     TIMEOUT        None   timeout
     ├── CrcError                   CRC mismatch  CRC_ERROR      None   crc_error
     ├── MalformedFrameError        short/broken  MALFORMED      None   malformed
+    │   └── InconsistentAnswerError  wrong answer MALFORMED    None   malformed
     └── PortUnavailableError       no port/peer  UNAVAILABLE    None   unavailable
         └── ConnectionLostError    dropped link  UNAVAILABLE    None   unavailable
     TimeoutError (asyncio)                       TIMEOUT        None   timeout
     pymodbus ModbusIOException / ModbusException MALFORMED      None   malformed
     ValueError, IndexError, struct.error         MALFORMED      None   malformed
     OSError (serial.SerialException)             UNAVAILABLE    None   unavailable
+
+A write that fails becomes a :class:`~drivers.api.WriteError` (:func:`write_failure`)::
+
+    ExceptionCodeError(code)       device-error, code = the exception code
+    InconsistentAnswerError        device-error  (a whole, valid frame that does not answer
+                                                  the request: wrong function, echo differs)
+    ResponseTimeoutError, TimeoutError, CrcError, MalformedFrameError
+                                   timeout       (no usable answer: the write may or may not
+                                                  have happened; repeating it is safe, as a
+                                                  write sets a value and does not add to one)
+    PortUnavailableError, OSError  unavailable
 
 Exception codes are the device's word (Modbus Application Protocol V1.1b3 §7): 1 illegal
 function, 2 illegal data address, 3 illegal data value, 4 device failure, 6 busy,
@@ -27,7 +39,7 @@ from dataclasses import dataclass
 
 from pymodbus.exceptions import ModbusException
 
-from drivers.api import Quality, Value
+from drivers.api import Quality, Value, WriteError
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -35,11 +47,13 @@ __all__ = [
     "CrcError",
     "ExceptionCodeError",
     "Failure",
+    "InconsistentAnswerError",
     "MalformedFrameError",
     "ModbusError",
     "PortUnavailableError",
     "ResponseTimeoutError",
     "classify",
+    "write_failure",
 ]
 
 #: Modbus Application Protocol V1.1b3 §7.
@@ -73,6 +87,10 @@ class CrcError(ModbusError):
 
 class MalformedFrameError(ModbusError):
     """A short, undecodable or inconsistent answer."""
+
+
+class InconsistentAnswerError(MalformedFrameError):
+    """A frame that decodes but does not answer the request (function, count or echo)."""
 
 
 class PortUnavailableError(ModbusError):
@@ -120,3 +138,17 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, OSError):
         return Failure(Quality.UNAVAILABLE, None, "unavailable", text)
     raise TypeError(f"not a Modbus transaction error: {exc!r}") from exc
+
+
+def write_failure(exc: BaseException, stage: str = "") -> WriteError:
+    """The WriteError for a failed write or read-back; ``stage`` prefixes the detail."""
+    failure = classify(exc)
+    if isinstance(exc, ExceptionCodeError):
+        return WriteError("device-error", stage + failure.message, code=exc.code)
+    if isinstance(exc, InconsistentAnswerError):
+        return WriteError("device-error", stage + failure.message)
+    if failure.quality is Quality.UNAVAILABLE:
+        return WriteError("unavailable", stage + failure.message)
+    detail = "no answer" if failure.quality is Quality.TIMEOUT else \
+        f"no usable answer ({failure.message})"
+    return WriteError("timeout", stage + detail)

@@ -1,4 +1,5 @@
-"""The field tools' logic: scan a bus for units, read registers once. Printing is in ``cli``."""
+"""The field tools' logic: scan a bus for units, read registers once, write one value.
+Printing is in ``cli``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from drivers.api import DriverContext, Value
 from drivers.modbus import codec
 from drivers.modbus._errors import (
     EXCEPTION_NAMES,
@@ -25,7 +27,8 @@ from drivers.modbus.planner import plan
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Answer", "Endpoint", "read_points", "read_raw", "scan", "side_by_side"]
+__all__ = ["Answer", "Endpoint", "read_points", "read_raw", "scan", "side_by_side",
+           "write_point"]
 
 WIDE = ("u32", "i32", "f32", "u64", "i64", "f64")
 
@@ -53,6 +56,14 @@ class Endpoint:
 
     def describe(self) -> str:
         return f"tcp://{self.tcp}" if self.tcp is not None else f"{self.rtu} {self.settings}"
+
+    def bus_table(self) -> dict[str, Any]:
+        """The driver's ``bus`` table for this endpoint."""
+        if self.tcp is not None:
+            host, _, port = self.tcp.rpartition(":") if ":" in self.tcp else (self.tcp, "", "502")
+            return {"kind": "tcp", "host": host, "port": int(port), "connect_timeout": "2s"}
+        return {"kind": "rtu", "port": self.rtu, "baud": self.baud, "parity": self.parity,
+                "stop_bits": self.stop_bits}
 
     @property
     def silence(self) -> float:
@@ -209,3 +220,26 @@ def _row(p: PointSpec, raw: list[Any] | None, value: Any, quality: str) -> dict[
             "order": order if p.count > 1 else "", "bit": p.bit,
             "raw": None if raw is None else [int(r) for r in raw], "value": value,
             "unit": p.unit, "quality": quality}
+
+
+async def write_point(ep: Endpoint, unit: int, point: dict[str, Any], value: Value, *,
+                      reply_timeout: float, multiple: bool = False) -> Value:
+    """Write one point (a driver ``points`` entry) and return the value read back, through
+    the driver's own write path.
+
+    Raises:
+        ConfigError: the point or the endpoint is not valid config.
+        WriteError: the write did not happen as asked.
+    """
+    from drivers.modbus.driver import ModbusDriver  # noqa: PLC0415 - import cycle via cli
+
+    table = {"bus": ep.bus_table(), "devices": [{
+        "name": "device", "unit": unit, "timeout": f"{round(reply_timeout * 1000)}ms",
+        "retries": 0, "workarounds": {"write_multiple": multiple},
+        "points": [{"name": "value", **point}]}]}
+    cfg = ModbusDriver.parse_config(table, file="streetgate modbus write", path="arguments")
+    driver = ModbusDriver(cfg, DriverContext.standalone("tool", "modbus"))
+    try:
+        return await driver.write("tool/device/value", value)
+    finally:
+        driver.bus.close()

@@ -18,23 +18,34 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ModbusPDU
-from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
-from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteMultipleCoilsRequest,
+    WriteSingleCoilRequest,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
 from pymodbus.transport.serialtransport import create_serial_connection
 
 from drivers.modbus._errors import (
     ConnectionLostError,
     CrcError,
     ExceptionCodeError,
+    InconsistentAnswerError,
     MalformedFrameError,
     PortUnavailableError,
     ResponseTimeoutError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-__all__ = ["Link", "RtuLink", "TcpLink", "check_response", "read_request"]
+__all__ = ["Link", "RtuLink", "TcpLink", "check_response", "read_request", "write_request"]
 
 _REQUESTS: dict[str, Callable[..., ModbusPDU]] = {
     "coil": ReadCoilsRequest, "discrete": ReadDiscreteInputsRequest,
@@ -48,22 +59,60 @@ def read_request(table: str, address: int, count: int, unit: int) -> ModbusPDU:
     return _REQUESTS[table](address=address, count=count, dev_id=unit)
 
 
+def write_request(table: str, address: int, items: Sequence[int] | Sequence[bool], unit: int,
+                  *, multiple: bool = False) -> ModbusPDU:
+    """The pymodbus write request: FC 5 or 6 for one item, else (or when ``multiple``) FC 15
+    or 16 (Modbus Application Protocol V1.1b3 §6.5, 6.6, 6.11, 6.12)."""
+    if table == "coil":
+        bits = [bool(b) for b in items]
+        if len(bits) == 1 and not multiple:
+            return WriteSingleCoilRequest(address=address, bits=bits, dev_id=unit)
+        return WriteMultipleCoilsRequest(address=address, bits=bits, dev_id=unit)
+    if table != "holding":
+        raise ValueError(f"the {table} table is read-only")
+    regs = [int(r) for r in items]
+    if len(regs) == 1 and not multiple:
+        return WriteSingleRegisterRequest(address=address, registers=regs, dev_id=unit)
+    return WriteMultipleRegistersRequest(address=address, registers=regs, count=len(regs),
+                                         dev_id=unit)
+
+
+def _echo_differs(request: ModbusPDU, response: ModbusPDU) -> str | None:
+    """Why a write's answer is not the echo §6.5/6.6 (whole) or §6.11/6.12 (address, count)
+    ask for; None when it is."""
+    fc = request.function_code
+    if fc == 5:
+        sent, got = (request.address, int(bool(request.bits[0]))), \
+            (response.address, int(bool(response.bits[0])))
+    elif fc == 6:
+        sent, got = (request.address, request.registers[0]), \
+            (response.address, response.registers[0])
+    else:
+        sent, got = (request.address, request.count), (response.address, response.count)
+    return None if sent == got else f"answer {got} to a write of {sent}"
+
+
 def check_response(request: ModbusPDU, response: ModbusPDU) -> ModbusPDU:
     """Return ``response`` if it answers ``request``; raise the matching error otherwise."""
     if response.isError():
         if response.function_code & 0x7F != request.function_code:
-            raise MalformedFrameError(f"exception for function {response.function_code & 0x7F}"
-                                      f" in answer to function {request.function_code}")
+            raise InconsistentAnswerError(f"exception for function "
+                                          f"{response.function_code & 0x7F} in answer to "
+                                          f"function {request.function_code}")
         raise ExceptionCodeError(response.exception_code)
     if response.function_code != request.function_code:
-        raise MalformedFrameError(f"function {response.function_code} in answer to "
-                                  f"function {request.function_code}")
+        raise InconsistentAnswerError(f"function {response.function_code} in answer to "
+                                      f"function {request.function_code}")
+    if request.function_code in (5, 6, 15, 16):
+        if (why := _echo_differs(request, response)) is not None:
+            raise InconsistentAnswerError(why)
+        return response
     if request.function_code in (1, 2):
         got, want = len(response.bits), 8 * math.ceil(request.count / 8)
     else:
         got, want = len(response.registers), request.count
     if got != want:
-        raise MalformedFrameError(f"{got} items in answer to a read of {want}")
+        raise InconsistentAnswerError(f"{got} items in answer to a read of {want}")
     return response
 
 
@@ -279,5 +328,5 @@ class TcpLink:
 def _decoded(framer: Any, request: ModbusPDU, pdu_bytes: bytes, frame: bytes) -> ModbusPDU:
     response = framer.decoder.decode(pdu_bytes) if pdu_bytes else None
     if response is None:
-        raise MalformedFrameError(f"undecodable frame {frame.hex(' ')}")
+        raise InconsistentAnswerError(f"undecodable frame {frame.hex(' ')}")
     return check_response(request, response)

@@ -5,6 +5,14 @@ is fixed when given, else a function of time chosen by its unit: energy and time
 up, electrical and climate points follow slow sine waves around plausible values, bits toggle
 every few seconds, strings read ``SIM-<unit>``. Values go through :func:`codec.encode`, the
 inverse of what the driver decodes, so scale, offset and word order round-trip.
+
+Writes (FC 5, 6, 15, 16) are kept and win over the waveforms from then on. A write that
+touches an address no point maps (on a unit with ``unmapped="exception"``) or a point named
+in ``read_only`` is refused with exception 2 (illegal data address) and changes nothing; a unit
+with ``single_writes=False`` answers FC 5 and FC 6 with exception 1 (illegal function), as
+devices that only take FC 15 and FC 16 do. A
+point in ``ignored`` acknowledges writes and keeps its value; a point in ``clamp`` keeps the
+written value limited to its range (in the point's units): the devices a read-back catches.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from pymodbus.constants import ExcCodes
 from drivers.modbus import codec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from drivers.api import Value
     from drivers.modbus.codec import PointSpec
@@ -71,10 +79,17 @@ class SimUnit:
 
     def __init__(self, unit: int, points: Sequence[PointSpec], *,
                  values: dict[str, Value] | None = None, unmapped: str = "zero",
+                 read_only: Iterable[str] = (), ignored: Iterable[str] = (),
+                 clamp: Mapping[str, tuple[float, float]] | None = None,
+                 single_writes: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.unit = unit
         self.values: dict[str, Value] = dict(values or {})
         self.unmapped = unmapped
+        self.read_only = set(read_only)
+        self.ignored = set(ignored)
+        self.clamp = dict(clamp or {})
+        self.single_writes = single_writes
         self.fault: Fault | None = None
         self.requests = 0
         self._clock = clock
@@ -126,9 +141,46 @@ class SimUnit:
         return out
 
     def write(self, table: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
+        """Store raw items, whatever the map says (test set-up, golden cases)."""
         store = self._written.setdefault(table, {})
         for k, v in enumerate(values):
             store[address + k] = v
+
+    def _touched(self, table: str, address: int, count: int) -> list[PointSpec]:
+        addresses, pts = self._index[table]
+        start = bisect.bisect_left(addresses, address - 125)
+        return [p for p in pts[start:] if p.address < address + count and p.end > address]
+
+    def accept_write(self, table: str, address: int,
+                     values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
+        """A master's write, with the unit's rules; an exception code when refused."""
+        touched = self._touched(table, address, len(values))
+        mapped = {a for p in touched for a in range(p.address, p.end)}
+        if any(p.name in self.read_only for p in touched) or (
+                self.unmapped == "exception"
+                and not all(address + k in mapped for k in range(len(values)))):
+            return ExcCodes.ILLEGAL_ADDRESS
+        store = self._written.setdefault(table, {})
+        keep = {a: store.get(a) for p in touched if p.name in self.ignored
+                for a in range(p.address, p.end)}
+        self.write(table, address, values)
+        for a, before in keep.items():
+            if before is None:
+                store.pop(a, None)
+            else:
+                store[a] = before
+        for p in touched:
+            if p.name in self.clamp:
+                self._clamp(p, store)
+        return None
+
+    def _clamp(self, p: PointSpec, store: dict[int, int | bool]) -> None:
+        lo, hi = self.clamp[p.name]
+        items = [int(store.get(p.address + k, 0)) for k in range(p.count)]
+        value, _quality = codec.decode(p, items)
+        if isinstance(value, (int, float)) and not lo <= value <= hi:
+            for k, item in enumerate(codec.encode(p, min(hi, max(lo, value)))):
+                store[p.address + k] = item
 
 
 class SimStore:
@@ -155,5 +207,6 @@ class SimStore:
         if unit is None or func_code not in _TABLES or _TABLES[func_code] in ("discrete",
                                                                               "input"):
             return ExcCodes.ILLEGAL_FUNCTION
-        unit.write(_TABLES[func_code], address, values)
-        return None
+        if func_code in (5, 6) and not unit.single_writes:
+            return ExcCodes.ILLEGAL_FUNCTION
+        return unit.accept_write(_TABLES[func_code], address, values)

@@ -6,25 +6,39 @@ transactions at once (1: serialized; more: pipelined on one connection, matched 
 transaction id, Modbus Messaging on TCP/IP Implementation Guide V1.0b §4.2). A port that
 is missing is reopened with capped, jittered backoff while every request fails fast as
 UNAVAILABLE, so devices keep reporting instead of waiting.
+
+Who goes next is decided by one gate with priorities: a write (and its read-back) waiting for
+the bus goes before every poll waiting with it, polls keep their order among themselves, and
+a transaction in progress is never interrupted. A write therefore waits at most for the
+transactions already on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import math
 from typing import TYPE_CHECKING
 
 from drivers.api import Backoff, HealthBoard
 from drivers.modbus._errors import ModbusError, PortUnavailableError, ResponseTimeoutError
-from drivers.modbus._link import Link, RtuLink, TcpLink, read_request
+from drivers.modbus._link import Link, RtuLink, TcpLink, read_request, write_request
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+
+    from pymodbus.pdu import ModbusPDU
 
     from drivers.modbus.config import BusConfig
 
-__all__ = ["Bus", "make_link"]
+__all__ = ["POLL", "WRITE", "Bus", "PriorityGate", "make_link"]
+
+#: Gate priorities: lower goes first.
+WRITE = 0
+POLL = 1
 
 #: Timeouts in a row on a TCP connection before it is dropped and reopened.
 _TCP_RESET_AFTER = 3
@@ -38,8 +52,53 @@ def make_link(cfg: BusConfig) -> Link:
     return TcpLink(str(cfg.host), cfg.tcp_port, connect_timeout=float(cfg.connect_timeout))
 
 
+class PriorityGate:
+    """A semaphore of ``slots`` whose waiters are let in by (priority, arrival)."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        entry = (priority, next(self._arrival), asyncio.get_running_loop().create_future())
+        heapq.heappush(self._waiting, entry)
+        try:
+            await entry[2]
+        except asyncio.CancelledError:
+            if entry[2].done() and not entry[2].cancelled():
+                self._release()  # let in, then cancelled before it ran: pass the slot on
+            elif entry in self._waiting:  # a release may have dropped it already
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _priority, _n, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)  # the slot goes straight to the next waiter
+                return
+        self._free += 1
+
+
 class Bus:
-    """Serializes (or pipelines) reads on one link; reopens it when it goes away."""
+    """Serializes (or pipelines) transactions on one link; reopens it when it goes away."""
 
     def __init__(self, cfg: BusConfig, health: HealthBoard, log: logging.Logger,
                  link: Link | None = None) -> None:
@@ -47,7 +106,7 @@ class Bus:
         self.link = link or make_link(cfg)
         self._health = health
         self._log = log
-        self._gate = asyncio.Semaphore(cfg.max_in_flight)
+        self.gate = PriorityGate(cfg.max_in_flight)
         self._opening = asyncio.Lock()
         self._backoff = Backoff(base=0.2, cap=float(cfg.reconnect_max))
         self._retry_at = 0.0
@@ -57,31 +116,49 @@ class Bus:
         self._silence = cfg.silence() if cfg.kind == "rtu" else 0.0
 
     async def read(self, unit: int, table: str, address: int, count: int,
-                   reply_timeout: float) -> Sequence[int] | Sequence[bool]:
+                   reply_timeout: float, *, priority: int = POLL,
+                   ) -> Sequence[int] | Sequence[bool]:
         """Registers or bits ``address..address+count-1`` of ``unit``.
 
         Raises:
             ModbusError: the subclass says what went wrong (see ``_errors``).
         """
-        async with self._gate:
+        request = read_request(table, address, count, unit)
+        # Time on the wire counts too: request + answer at the line's baud rate.
+        data = math.ceil(count / 8) if table in ("coil", "discrete") else 2 * count
+        response = await self._transact(request, reply_timeout, 8 + 5 + data, priority)
+        if table in ("coil", "discrete"):
+            return list(response.bits[:count])
+        return list(response.registers)
+
+    async def write(self, unit: int, table: str, address: int,
+                    items: Sequence[int] | Sequence[bool], reply_timeout: float, *,
+                    multiple: bool = False) -> None:
+        """Write ``items`` from ``address`` on, ahead of any poll waiting for the bus.
+
+        Raises:
+            ModbusError: the subclass says what went wrong (see ``_errors``).
+        """
+        request = write_request(table, address, items, unit, multiple=multiple)
+        data = math.ceil(len(items) / 8) if table == "coil" else 2 * len(items)
+        await self._transact(request, reply_timeout, 9 + data + 8, WRITE)
+
+    async def _transact(self, request: ModbusPDU, reply_timeout: float, chars: int,
+                        priority: int) -> ModbusPDU:
+        async with self.gate.slot(priority):
             await self._ensure_open()
             await self._wait_quiet()
-            request = read_request(table, address, count, unit)
-            # Time on the wire counts too: request + answer at the line's baud rate.
-            data = math.ceil(count / 8) if table in ("coil", "discrete") else 2 * count
-            wire = self.cfg.char_time() * (8 + 5 + data)
             self._health.count("transactions")
             try:
-                response = await self.link.transact(request, reply_timeout + wire)
+                response = await self.link.transact(
+                    request, reply_timeout + self.cfg.char_time() * chars)
             except ModbusError as exc:
                 self._after_failure(exc)
                 raise
             finally:
                 self._quiet_until = asyncio.get_running_loop().time() + self._silence
             self._timeouts = 0
-        if table in ("coil", "discrete"):
-            return list(response.bits[:count])
-        return list(response.registers)
+        return response
 
     async def _wait_quiet(self) -> None:
         wait = self._quiet_until - asyncio.get_running_loop().time()

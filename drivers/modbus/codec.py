@@ -14,6 +14,12 @@ such decimals tightly. Scaled values are ``raw * scale + offset``; integers stay
 scale is 1 and offset is 0, otherwise the result is a float rounded to the decimals of raw,
 scale and offset together, so ``2301 * 0.1`` is ``230.1``, not ``230.10000000000002``.
 NaN and infinity (meters' "no value") are OUT_OF_RANGE readings.
+
+Writes use :func:`encode_exact`: the inverse of ``raw * scale + offset``, refusing instead of
+clamping or truncating. An integer type takes a value that lands on one of its steps (within
+float rounding: ``230.1`` with scale 0.1 is raw 2301, ``230.15`` is refused) and within its
+range; a float type takes any finite value in its range (an ``f32`` keeps about 7 digits);
+a bit takes a boolean (or 0 and 1), a string a text that fits its registers.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ __all__ = [
     "FORMATS",
     "ORDERS",
     "REGISTERS",
+    "EncodeError",
     "PointSpec",
     "decode",
     "encode",
+    "encode_exact",
     "registers_to_bytes",
     "short_f32",
 ]
@@ -163,4 +171,76 @@ def encode(spec: PointSpec, value: Value) -> list[int] | list[bool]:
     if not isinstance(value, (int, float)):
         raise TypeError(f"{spec.name}: expected a number; got {value!r}")
     packed = struct.pack(FORMATS[spec.type], _raw_number(spec, value))
+    return bytes_to_registers(packed, spec.byte_order, spec.word_order)
+
+
+class EncodeError(ValueError):
+    """A value that the point's registers cannot hold as it is."""
+
+
+#: How far from a whole raw step a scaled value may be (float rounding of the inversion).
+_STEP_TOLERANCE = 1e-9
+
+
+def _exact_raw(spec: PointSpec, value: Value) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EncodeError(f"expected a number; got {value!r}")
+    if not math.isfinite(value):
+        raise EncodeError(f"expected a finite number; got {value!r}")
+    raw = (value - spec.offset) / spec.scale if (spec.scale, spec.offset) != (1, 0) else value
+    if spec.type in ("f32", "f64"):
+        try:
+            struct.pack(FORMATS[spec.type], raw)
+        except OverflowError:
+            raise EncodeError(f"{value!r} is beyond the range of {spec.type}") from None
+        return float(raw)
+    whole = round(raw)
+    if abs(raw - whole) > _STEP_TOLERANCE * max(1.0, abs(raw)):
+        step = f" (steps of {spec.scale:g})" if spec.scale != 1 else ""
+        raise EncodeError(f"{value!r} is not a whole number of steps{step} for {spec.type}")
+    bits = REGISTERS[spec.type] * 16
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if spec.type[0] == "i" \
+        else (0, (1 << bits) - 1)
+    if not lo <= whole <= hi:
+        low, high = (x * spec.scale + spec.offset for x in (lo, hi))
+        raise EncodeError(f"{value!r} is outside {spec.type}{_range(low, high, spec)}")
+    return whole
+
+
+def _range(low: float, high: float, spec: PointSpec) -> str:
+    if (spec.scale, spec.offset) == (1, 0):
+        return f" ({int(low)}..{int(high)})"
+    shift = f" {spec.offset:+.10g}" if spec.offset else ""
+    return f" scaled by {spec.scale:.10g}{shift} ({min(low, high):.10g}..{max(low, high):.10g})"
+
+
+def _exact_bit(value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise EncodeError(f"expected true or false (or 1 or 0); got {value!r}")
+
+
+def encode_exact(spec: PointSpec, value: Value) -> list[int] | list[bool]:
+    """Registers (or bits) for a write: like :func:`encode`, but a value that does not fit is
+    an :class:`EncodeError`, never clamped, rounded to another step or truncated.
+
+    For a ``bit`` point of a register, only that bit is set; the caller merges it into the
+    register's other bits.
+    """
+    if spec.is_bit_table:
+        return [_exact_bit(value)]
+    if spec.type == "bit":
+        return [(1 << (spec.bit or 0)) if _exact_bit(value) else 0]
+    if spec.type == "string":
+        if not isinstance(value, str):
+            raise EncodeError(f"expected a text; got {value!r}")
+        data = value.encode()
+        if len(data) > spec.count * 2:
+            raise EncodeError(f"{len(data)} bytes do not fit in {spec.count} registers "
+                              f"({spec.count * 2} bytes)")
+        return bytes_to_registers(data.ljust(spec.count * 2, b"\x00"), spec.byte_order,
+                                  spec.word_order)
+    packed = struct.pack(FORMATS[spec.type], _exact_raw(spec, value))
     return bytes_to_registers(packed, spec.byte_order, spec.word_order)

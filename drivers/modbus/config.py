@@ -15,6 +15,7 @@ __all__ = [
     "PointConfig",
     "PointType",
     "Table",
+    "Workarounds",
 ]
 
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -49,6 +50,14 @@ class PointConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Workarounds:
+    """A device's departures from the Modbus specification."""
+
+    write_multiple: bool = option(False, doc="write with FC 16 / FC 15 only, also a single "
+                                  "register or coil (for devices without FC 6 / FC 5)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceConfig:
     """One Modbus unit on the bus."""
 
@@ -73,6 +82,7 @@ class DeviceConfig:
                                    "dead device", minimum=0.01)
     points: list[PointConfig] = option(factory=list, doc="points added to or overriding "
                                        "the profile's")
+    workarounds: Workarounds = option(factory=Workarounds, doc="device quirks")
 
     def validate(self) -> list[tuple[str, str]]:
         from drivers.modbus.profiles import resolve_points  # noqa: PLC0415 - import cycle

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from drivers.api import Driver, DriverContext, SimulatedSetup, Sink
+from drivers.api import Driver, DriverContext, SimulatedSetup, Sink, Value
+from drivers.modbus._writer import PointWriter
 from drivers.modbus.bus import Bus
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import limits, optimum
@@ -29,6 +30,7 @@ class ModbusDriver(Driver[ModbusConfig]):
     One instance owns one bus (an RS-485 line or a TCP endpoint, often a gateway in front of
     a line). Each device is a task polling its points with the fewest requests the planner
     finds; failures become bad-quality readings and health counters, never exceptions.
+    Coil and holding register points can be written (:meth:`write`), ahead of queued polls.
 
     Example::
 
@@ -51,12 +53,40 @@ class ModbusDriver(Driver[ModbusConfig]):
         self.pollers = [DevicePoller(context.instance, dev, resolve_points(dev)[0], bus=self.bus,
                                      health=context.health, log=context.logger)
                         for dev in config.devices]
+        self._writer = PointWriter(self.bus, self.pollers, context.logger)
         context.health.extra["plan"] = {
             p.dev.name: {"requests": len(p.full_plan), "optimum": _optimum(p),
                          "points": len(p.points)} for p in self.pollers}
 
     def points(self) -> Iterable[tuple[str, str | None]]:
         return [pair for p in self.pollers for pair in p.point_names()]
+
+    def writable_points(self) -> Iterable[str]:
+        """The points of the ``coil`` and ``holding`` tables (the others are inputs)."""
+        return self._writer.names()
+
+    async def write(self, point: str, value: Value) -> Value:
+        """Write ``value`` to ``point``, read it back through the same bus and return it.
+
+        The value is encoded with the point's type, scale, offset and orders; one register or
+        coil goes out with FC 6 / FC 5, more with FC 16 / FC 15 (always FC 16 / FC 15 with
+        ``workarounds.write_multiple``). The write waits only for the transaction on the
+        wire, never for polls queued before it. Nothing is retried here.
+
+        Raises:
+            WriteError: ``not-writable`` (not a coil or holding point of this bus);
+                ``bad-value`` (does not fit the point's type, range or steps; nothing sent);
+                ``device-error`` (an exception answer, ``code`` is its code; or an answer that
+                does not match the request); ``timeout`` (no answer, or only a garbled one:
+                a CRC error or a short frame, so the write may or may not have happened);
+                ``unavailable`` (the port or connection is not there); ``mismatch`` (written,
+                but the read-back value differs: ``value`` is what was read back).
+
+        Example::
+
+            await driver.write("rs485-1/lights/dimming_1", 40)   # -> 40
+        """
+        return await self._writer.write(point, value)
 
     async def run(self, sink: Sink) -> None:
         prefix = f"streetgate[modbus:{self.context.instance}]"

@@ -7,6 +7,11 @@ framer's ``buildFrame``). Faults post-process what pymodbus built: ``silent`` se
 there it breaks the MBAP protocol id instead), ``short`` drops the frame's last bytes, and
 ``slow`` answers after a delay. On the pty the simulator owns the master side and keeps the
 slave open, so the device path stays valid while the driver closes and reopens it.
+
+Writes (FC 5, 6, 15, 16) go to the units' stores with their rules (``_simstore``); a unit
+that takes one answers the echo Modbus Application Protocol V1.1b3 §6.5/6.6/6.11/6.12 asks for,
+and ``on_write`` hears of every write a unit received (taken or refused). ``log`` keeps the
+requests in the order they arrived, for tests that check who went first.
 """
 
 from __future__ import annotations
@@ -16,21 +21,58 @@ import contextlib
 import os
 import random
 import tty
-from collections import Counter
-from typing import TYPE_CHECKING, Any, cast
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import WriteSingleCoilResponse
+from pymodbus.pdu.register_message import WriteSingleRegisterResponse
 
+from drivers.modbus._errors import EXCEPTION_NAMES
 from drivers.modbus._simstore import Fault, SimStore, SimUnit
 from drivers.modbus.config import DeviceConfig
 from drivers.modbus.profiles import resolve_points
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable
 
-__all__ = ["Fault", "ModbusSimulator", "SimUnit", "device_unit", "profile_unit", "running"]
+__all__ = ["Fault", "ModbusSimulator", "Request", "SimUnit", "WriteEvent", "device_unit",
+           "profile_unit", "running"]
+
+#: Write function codes -> table (Modbus Application Protocol V1.1b3 §6.5, 6.6, 6.11, 6.12).
+WRITES = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
+#: Requests kept in :attr:`ModbusSimulator.log`.
+_LOG_SIZE = 10_000
+
+
+class Request(NamedTuple):
+    """One request as it arrived: unit, function code, first address, number of items."""
+
+    unit: int
+    function: int
+    address: int
+    size: int
+
+
+class WriteEvent(NamedTuple):
+    """A write a unit received: its items, and the exception code when it refused it."""
+
+    unit: int
+    table: str
+    address: int
+    items: list[int]
+    refused: int | None
+
+    def describe(self) -> str:
+        """One line for a technician: ``unit 7 coil 0 <- 1``."""
+        last = self.address + len(self.items) - 1
+        where = f"{self.address}" if last == self.address else f"{self.address}..{last}"
+        shown = " ".join(str(i) for i in self.items)
+        outcome = "" if self.refused is None else \
+            f" refused: exception {self.refused} ({EXCEPTION_NAMES.get(self.refused, '?')})"
+        return f"unit {self.unit} {self.table} {where} <- {shown}{outcome}"
 
 
 def device_unit(dev: DeviceConfig, **kwargs: Any) -> SimUnit:
@@ -53,6 +95,8 @@ class ModbusSimulator:
         self.units = {u.unit: u for u in units}
         self.store = SimStore(self.units)
         self.stats: Counter[str] = Counter()
+        self.log: deque[Request] = deque(maxlen=_LOG_SIZE)
+        self.on_write: Callable[[WriteEvent], None] | None = None
         self.answering = True
         self._active = 0
         self._rng = random.Random(seed)
@@ -114,6 +158,8 @@ class ModbusSimulator:
             return b""
         unit.requests += 1
         self.stats["requests"] += 1
+        self.log.append(Request(request.dev_id, request.function_code,
+                                request.address, _items(request)))
         self._active += 1
         self.stats["max_concurrent"] = max(self.stats["max_concurrent"], self._active)
         try:
@@ -140,10 +186,36 @@ class ModbusSimulator:
 
     async def _execute(self, request: ModbusPDU) -> ModbusPDU:
         try:
-            return await request.datastore_update(cast("Any", self.store), request.dev_id)
+            response = await request.datastore_update(cast("Any", self.store), request.dev_id)
         except Exception:  # noqa: BLE001 - a device answers 4 (device failure), it does not crash
             self.stats["device_failures"] += 1
             return ExceptionResponse(request.function_code, ExcCodes.DEVICE_FAILURE)
+        if request.function_code in WRITES:
+            return self._written(request, response)
+        return response
+
+    def _written(self, request: ModbusPDU, response: ModbusPDU) -> ModbusPDU:
+        """Count and report a write; answer FC 5 / 6 with the echo of the request.
+
+        pymodbus answers them with the stored value instead, but a device that clamps or
+        ignores a write still echoes it (§6.5, 6.6): only a read-back tells.
+        """
+        fc = request.function_code
+        refused = response.exception_code if response.isError() else None
+        self.stats["writes" if refused is None else "writes_refused"] += 1
+        items = [int(b) for b in request.bits[:request.count or 1]] if WRITES[fc] == "coil" \
+            else [int(r) for r in request.registers]
+        if self.on_write is not None:
+            self.on_write(WriteEvent(request.dev_id, WRITES[fc], request.address, items,
+                                     refused))
+        if refused is not None:
+            return response
+        if fc == 5:
+            return WriteSingleCoilResponse(address=request.address, bits=request.bits[:1])
+        if fc == 6:
+            return WriteSingleRegisterResponse(address=request.address,
+                                               registers=request.registers[:1])
+        return response
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -240,6 +312,14 @@ class ModbusSimulator:
                     self.stats["line_errors"] += 1
         finally:
             self._rtu_busy.discard(request.dev_id)
+
+
+def _items(request: ModbusPDU) -> int:
+    if request.function_code in (5, 6):
+        return 1
+    if request.function_code == 16:
+        return len(request.registers)
+    return int(request.count)
 
 
 def _damaged(frame: bytes, fault: Fault | None, *, rtu: bool) -> bytes:

@@ -69,6 +69,7 @@ def _script() -> dict[str, Any]:
                 ReadCoilsRequest(address=0, count=4, dev_id=7),
                 ReadHoldingRegistersRequest(address=39, count=3, dev_id=7),
                 WriteSingleRegisterRequest(address=1, registers=[77], dev_id=7),
+                WriteMultipleRegistersRequest(address=0, registers=[1, 2], dev_id=7),
                 WriteMultipleRegistersRequest(address=20, registers=[1, 2, 3], dev_id=7),
                 WriteMultipleCoilsRequest(address=0, bits=[True, False, True], dev_id=7),
                 ReadHoldingRegistersRequest(address=0, count=2, dev_id=7),
@@ -116,8 +117,8 @@ def test_replay_answers_are_valid_modbus(tmp_path: Path) -> None:
     """Checked on CPython with pymodbus: every answer frame decodes with a good CRC."""
     out = _replay(sys.executable, _script(), tmp_path)
     framer = FramerRTU(DecodePDU(is_server=False))
-    answers = [frame for step in out[1:12] for _due, frame in step]
-    assert len(answers) == 10, "unit 9 is not on the board and stays silent"
+    answers = [frame for step in out[1:13] for _due, frame in step]
+    assert len(answers) == 11, "unit 9 is not on the board and stays silent"
     functions = []
     for frame in answers:
         used, _unit, _tid, pdu = framer.decode(bytes.fromhex(frame))
@@ -125,7 +126,7 @@ def test_replay_answers_are_valid_modbus(tmp_path: Path) -> None:
         decoded = framer.decoder.decode(pdu)
         assert decoded is not None, frame
         functions.append(decoded.function_code)
-    assert functions == [4, 3, 4, 1, 0x83, 6, 16, 15, 3, 0x83]
+    assert functions == [4, 3, 4, 1, 0x83, 6, 16, 0x90, 15, 3, 0x83]  # 0x90: holding 20 unmapped
 
 
 @pytest.mark.parametrize("which", ["modbus", "nmea-weather", "pm-sensor", "ascii-counter"])

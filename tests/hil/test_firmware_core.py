@@ -137,6 +137,21 @@ def test_unmapped_registers_answer_exception_2_when_strict() -> None:
         with_crc(bytes([3, 0x83, 2]))
 
 
+@pytest.mark.parametrize(("body", "answer", "holding_1"), [
+    (bytes([3, 6, 0, 1, 0x12, 0x34]), bytes([3, 6, 0, 1, 0x12, 0x34]), 0x1234),  # echo
+    (bytes([3, 6, 0, 2, 0, 1]), bytes([3, 0x86, 2]), 0xFFFF),  # holding 2 is not mapped
+    (bytes([3, 16, 0, 0, 0, 2, 4, 0, 5, 0, 6]), bytes([3, 16, 0, 0, 0, 2]), 6),
+    (bytes([3, 16, 0, 1, 0, 2, 4, 0, 5, 0, 6]), bytes([3, 0x90, 2]), 0xFFFF),  # 1 mapped, 2 not
+    (bytes([3, 15, 0, 1, 0, 1, 1, 1]), bytes([3, 0x8F, 2]), 0xFFFF),  # coil 1 is not mapped
+])
+def test_a_strict_unit_refuses_writes_outside_its_map(body: bytes, answer: bytes,
+                                                      holding_1: int) -> None:
+    slave = _slave_board(unmapped="exception").modbus
+    assert slave is not None
+    assert slave.feed(with_crc(body), 0, 0.0) == [(0, with_crc(answer))]
+    assert slave.units[3].read("holding", 1, 1, 0.0) == [holding_1]  # b = -1 unless written
+
+
 @pytest.mark.parametrize(("line", "answer"), [
     ("ping", "ok pong"),
     ("fault modbus silent", "ok fault modbus silent on every unit"),

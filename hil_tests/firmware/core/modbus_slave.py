@@ -209,14 +209,19 @@ class ModbusSlave:
         return bytes([fc, len(payload)]) + payload
 
     def _write(self, regmap: RegisterMap, fc: int, pdu: bytes) -> bytes:
+        """FC 5, 6, 15, 16 (§6.5, 6.6, 6.11, 6.12): store, answer the echo (or its head)."""
         address = pdu[1] << 8 | pdu[2] if len(pdu) >= 5 else 0
         if fc == 5 and len(pdu) == 5:
             value = pdu[3] << 8 | pdu[4]
             if value not in (0x0000, 0xFF00):
                 return bytes([fc | 0x80, ILLEGAL_VALUE])
+            if regmap.refuses("coil", address, 1):
+                return bytes([fc | 0x80, ILLEGAL_ADDRESS])
             regmap.write("coil", address, [1 if value else 0])
             return pdu
         if fc == 6 and len(pdu) == 5:
+            if regmap.refuses("holding", address, 1):
+                return bytes([fc | 0x80, ILLEGAL_ADDRESS])
             regmap.write("holding", address, [pdu[3] << 8 | pdu[4]])
             return pdu
         count = pdu[3] << 8 | pdu[4] if len(pdu) >= 6 else 0
@@ -227,6 +232,8 @@ class ModbusSlave:
                 items = [(data[i // 8] >> (i % 8)) & 1 for i in range(count)]
             else:
                 items = [data[2 * i] << 8 | data[2 * i + 1] for i in range(count)]
+            if regmap.refuses(WRITES[fc], address, count):
+                return bytes([fc | 0x80, ILLEGAL_ADDRESS])
             regmap.write(WRITES[fc], address, items)
             return pdu[:5]
         return bytes([fc | 0x80, ILLEGAL_VALUE])

@@ -148,6 +148,16 @@ class RegisterMap:
             return ILLEGAL_ADDRESS
         return out
 
+    def refuses(self, table: str, address: int, count: int) -> bool:
+        """A strict unit (unmapped "exception") has no storage outside its points."""
+        if self.unmapped != "exception":
+            return False
+        mapped = [False] * count
+        for p in self.by_table[table]:
+            for a in range(max(p.address, address), min(p.end, address + count)):
+                mapped[a - address] = True
+        return not all(mapped)
+
     def write(self, table: str, address: int, items: "list[int]") -> None:
         """Raw items from ``address`` on (registers 0-65535, bits 0/1)."""
         store = self.written[table]
