@@ -415,6 +415,9 @@ class SimulatedSetup(Protocol):
     ``config`` is the driver's config table (without ``instance``). ``stop``/``start`` take the
     simulated device away and bring it back on the same address; ``inject_malformed`` makes the
     next answers or frames garbage (bad CRC, broken framing) until ``start`` or ``heal``.
+
+    A simulator of a device that can be written also has ``writes``: ``{"<device>/<point>":
+    value}`` (the point without the instance), values the contract writes and expects read back.
     """
 
     config: Mapping[str, Any]

@@ -32,6 +32,7 @@ from drivers.api import (
     Quality,
     Reading,
     SimulatedSetup,
+    WriteError,
 )
 
 __all__ = ["RecordingSink", "check_contract", "check_package", "example_tables"]
@@ -100,7 +101,8 @@ def check_package(cls: type[Driver[Any]], folder: Path) -> None:
 
 
 async def _run_until(cls: type[Driver[Any]], sim: SimulatedSetup, sink: RecordingSink,
-                     context: DriverContext, *, want: int, timeout: float) -> asyncio.Task[None]:
+                     context: DriverContext, *, want: int, timeout: float,
+                     ) -> tuple[asyncio.Task[None], Driver[Any]]:
     config = cls.parse_config(dict(sim.config), file="contract.toml", path=f"drivers.{cls.name}[0]")
     driver = cls(config, context)
     task = asyncio.create_task(driver.run(sink), name=f"contract[{cls.name}]")
@@ -111,7 +113,47 @@ async def _run_until(cls: type[Driver[Any]], sim: SimulatedSetup, sink: Recordin
         task.result()  # re-raises what escaped run()
         msg = f"driver {cls.name}: run() returned while its simulator was up"
         raise AssertionError(msg)
-    return task
+    return task, driver
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and \
+            abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+    return a == b and type(a) is type(b)
+
+
+async def _check_writes(cls: type[Driver[Any]], driver: Driver[Any], sim: SimulatedSetup,
+                        timeout: float) -> None:
+    """Writes: what ``writable_points`` lists can be written and read back; anything else is
+    refused as ``not-writable``."""
+    writable = set(driver.writable_points())
+    writes: dict[str, Any] = dict(getattr(sim, "writes", None) or {})
+    assert not writable or writes, (
+        f"driver {cls.name}: lists writable points but its simulator's setup has no `writes`"
+        " to check them")
+    for suffix, value in writes.items():
+        point = f"{INSTANCE}/{suffix}"
+        assert point in writable, (
+            f"driver {cls.name}: {point} is in the simulator's writes but not in "
+            f"writable_points() ({sorted(writable)[:5]})")
+        try:
+            got = await asyncio.wait_for(driver.write(point, value), timeout)
+        except WriteError as exc:
+            raise AssertionError(f"driver {cls.name}: writing {value!r} to {point} against its"
+                                 f" simulator failed: {exc}") from exc
+        assert _same(got, value), (
+            f"driver {cls.name}: wrote {value!r} to {point}, read back {got!r}")
+    if writable:
+        reason = None
+        try:
+            await asyncio.wait_for(driver.write(f"{INSTANCE}/no-such-device/no-such-point", 1),
+                                   timeout)
+        except WriteError as exc:
+            reason = exc.reason
+        assert reason == "not-writable", (
+            f"driver {cls.name}: an unknown point must be refused as not-writable; got "
+            f"{reason or 'a write'}")
 
 
 async def _loop_lag(stop: asyncio.Event) -> float:
@@ -143,9 +185,10 @@ async def check_contract(cls: type[Driver[Any]], workdir: Path, *,
     async with cls.simulate(workdir) as sim:
         stop_lag = asyncio.Event()
         lag = asyncio.create_task(_loop_lag(stop_lag))
-        task = await _run_until(cls, sim, sink, context, want=1, timeout=timeout)
+        task, driver = await _run_until(cls, sim, sink, context, want=1, timeout=timeout)
         assert sink.good(), f"driver {cls.name}: no good reading from its simulator in {timeout}s"
         _check_readings(cls, sink.readings)
+        await _check_writes(cls, driver, sim, timeout)
         # malformed data: counted or bad-quality, never an exception out of run()
         await sim.inject_malformed()
         await asyncio.sleep(1.0)

@@ -66,8 +66,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from drivers.api import Backoff, Driver, Poller, Quality, Reading, SimulatedSetup, Sink
+from drivers.api import (
+    Backoff,
+    Driver,
+    Poller,
+    Quality,
+    Reading,
+    SimulatedSetup,
+    Sink,
+    Value,
+    WriteError,
+)
 from $pkg.config import ${Cls}Config
 
 #: Units of the keys the device reports (SenML names).
@@ -92,6 +103,41 @@ class ${Cls}Driver(Driver[${Cls}Config]):
     config_schema = ${Cls}Config
     simulator = "$pkg.sim"
 
+    def __init__(self, config: ${Cls}Config, context: Any) -> None:
+        super().__init__(config, context)
+        self._line = asyncio.Lock()  # one exchange at a time: a write waits for a poll
+
+    def writable_points(self) -> list[str]:
+        return [self._point("fan")]
+
+    async def write(self, point: str, value: Value) -> Value:
+        """``SET fan=0|1`` -> ``OK fan=<now>``; the device's answer is the read-back."""
+        if point != self._point("fan"):
+            raise WriteError("not-writable", f"{point} is not writable")
+        if value not in (0, 1) or isinstance(value, float | str | bytes):
+            raise WriteError("bad-value", f"{value!r}: the fan takes 0 or 1")
+        cfg = self.config
+        async with self._line:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(cfg.host, cfg.port), cfg.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise WriteError("unavailable", f"{cfg.host}:{cfg.port}: {exc}") from exc
+            try:
+                writer.write(f"SET fan={int(value)}\\n".encode())
+                line = await asyncio.wait_for(reader.readline(), cfg.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise WriteError("timeout", f"no answer to SET: {exc}") from exc
+            finally:
+                writer.close()
+        answer = line.decode("ascii", "replace").strip()
+        if not answer.startswith("OK fan="):
+            raise WriteError("device-error", f"device answered {answer!r}")
+        now = int(answer.removeprefix("OK fan="))
+        if now != int(value):
+            raise WriteError("mismatch", f"fan is {now}", value=now)
+        return now
+
     async def run(self, sink: Sink) -> None:
         cfg = self.config
         dev = self.health.device(cfg.device)
@@ -103,8 +149,9 @@ class ${Cls}Driver(Driver[${Cls}Config]):
                     if conn is None:
                         conn = await asyncio.wait_for(
                             asyncio.open_connection(cfg.host, cfg.port), cfg.timeout)
-                    conn[1].write(b"READ\\n")
-                    line = await asyncio.wait_for(conn[0].readline(), cfg.timeout)
+                    async with self._line:
+                        conn[1].write(b"READ\\n")
+                        line = await asyncio.wait_for(conn[0].readline(), cfg.timeout)
                     if not line:
                         raise ConnectionError("device closed the connection")
                     values = parse(line)
@@ -163,8 +210,12 @@ from typing import Any
 class ${Cls}Simulator:
     """Answers ``READ`` with ``temp=..;hum=..``; can vanish, come back, or talk garbage."""
 
+    #: What the contract suite writes and expects read back.
+    writes = {"dev-1/fan": 1}
+
     def __init__(self) -> None:
         self.port = 0
+        self.fan = 0
         self.malformed = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -176,8 +227,12 @@ class ${Cls}Simulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
-            while await reader.readline():
-                if self.malformed:
+            while line := await reader.readline():
+                if line.startswith(b"SET fan="):
+                    self.fan = 1 if line.strip().endswith(b"1") else 0
+                    print(f"fan set to {self.fan}")  # noqa: T201 - the simulator's console
+                    writer.write(f"OK fan={self.fan}\\n".encode())
+                elif self.malformed:
                     writer.write(b"\\xff\\x00garbage\\n")
                 else:
                     temp, hum = 20 + random.random() * 5, 40 + random.random() * 10
@@ -227,7 +282,9 @@ port = 7000
 _README = """# $name driver
 
 Polls a line-based TCP sensor: it sends `READ` and parses the `key=value;...` answer into
-readings `<instance>/<device>/temp` (Cel) and `<instance>/<device>/hum` (%RH).
+readings `<instance>/<device>/temp` (Cel) and `<instance>/<device>/hum` (%RH). One point can
+be written by command: `<instance>/<device>/fan` (0 or 1), sent as `SET fan=N` and read back
+from the device's `OK fan=N` (list it in the cabinet's `[[commands.writable]]`).
 
 ```toml
 ${example}```

@@ -360,6 +360,8 @@ class ForwarderSetup(SimSetup):
     """Stop pauses the forwarder's datagrams; start resumes them."""
 
     sim: ForwarderSimulator
+    #: The water meter's valve: a confirmed downlink, done once the meter's ACK uplink arrives.
+    writes: Mapping[str, Any] = {"sensor-2/valve": True}
 
     async def _off(self) -> None:
         await self.sim.pause()

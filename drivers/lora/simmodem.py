@@ -17,8 +17,9 @@ import collections
 import contextlib
 import os
 import tty
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from drivers.lora.config import DeviceConfig
 from drivers.lora.sim import SimSetup, demo_devices, parse_devices, sample_payload, uplink_for
@@ -227,6 +228,8 @@ class ModemSetup(SimSetup):
     """The contract suite's handle: stop() unplugs the module, start() plugs it back."""
 
     sim: ModemSimulator
+    #: The water meter's valve, sent through the module's transmit command.
+    writes: Mapping[str, Any] = {"sensor-2/valve": True}
 
     async def _off(self) -> None:
         self.sim.unplug()

@@ -143,6 +143,7 @@ class _Setup:
             "devices": [{"name": "meter-1", "unit": 1, "profile": "energy-meter-3ph", **device},
                         {"name": "io-1", "unit": 2, "profile": "io-module", **device}],
         }
+        self.writes: Mapping[str, Any] = {"io-1/relay_1": True, "io-1/dimming_1": 55}
 
     async def stop(self) -> None:
         await self.sim.stop()

@@ -128,9 +128,11 @@ class _InProcess:
     """The sim driver is its own device: nothing to stop or corrupt."""
 
     config: Mapping[str, Any]
+    writes: Mapping[str, Any]
 
     def __init__(self) -> None:
-        self.config = {"devices": 2, "interval": "50ms"}
+        self.config = {"devices": 2, "interval": "50ms", "lights": 1}
+        self.writes = {"dev-001/light": 40}
 
     async def stop(self) -> None:
         return None
