@@ -291,3 +291,55 @@ def test_config_by_command_rolls_back_when_the_uplink_does_not_return(
             assert conf.with_name("gateway.toml.prev").read_text() == good
 
     asyncio.run(scenario())
+
+
+def test_a_command_for_a_device_that_is_down_waits_and_is_done_once_it_is_back(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
+
+    state = tmp_path / "state"
+    relay = "bus-1/io-1/relay_1"
+
+    async def scenario() -> None:
+        sim = ModbusSimulator([profile_unit(2, "io-module")])
+        port = await sim.serve_tcp()
+        device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
+                  "backoff_max": "300ms"}
+        drivers = {"modbus": [{"instance": "bus-1", "bus": {
+            "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
+            "reconnect_max": "300ms"},
+            "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
+        section = _commands(state, platform.public_key(), writable=[
+            {"point": relay, "allowed": [True, False], "min_interval": "0s"}], actions=[],
+            retry="200ms")
+        try:
+            async with running_gateway(drivers, mosquitto, state, commands=section) as run:
+                gw = _gw_key(state)
+                await sim.stop()
+                assert sim.units[2].read("coil", 0, 1) == [False]
+                waiting = _cmd(relay, True, ttl_ms=60_000)
+                _m, final, seen = await asyncio.to_thread(
+                    send_command, waiting, platform, host=mosquitto.host, port=mosquitto.port,
+                    wait=2.0, gateway_keys={kid_for(gw): gw})
+                assert final is None and [r.status for r in seen] == ["accepted"]
+                assert waiting.id in run.gateway.status()["commands"]["pending"]
+                assert sim.units[2].read("coil", 0, 1) == [False]
+                doomed = _cmd(relay, False, ttl_ms=1_500)
+                res = await _send(mosquitto, doomed, platform, gw, wait=15)
+                assert res is not None and (res.status, res.reason) == ("expired", "expired")
+                await sim.start()
+                deadline = time.monotonic() + 20
+                while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert sim.units[2].read("coil", 0, 1) == [True]
+                await asyncio.sleep(0.5)
+                row = sqlite3.connect(state / "buffer.db").execute(
+                    "SELECT state, result FROM commands WHERE id = ?", (waiting.id,)).fetchone()
+                assert row[0] == "final"
+                _kid, body = open1(row[1], {kid_for(gw): gw})
+                done = decode_result(body)
+                assert (done.status, done.value) == ("done", True)
+        finally:
+            await sim.close()
+
+    asyncio.run(scenario())
