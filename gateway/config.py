@@ -239,7 +239,10 @@ def parse_config(raw: dict[str, Any], *, file: str, registry: Registry | None = 
         core = load(_Core, raw, file=file)
     except ConfigError as exc:
         issues.extend(exc.issues)
-    drivers = _load_drivers(raw.get("drivers"), file, registry or load_registry(), issues)
+    registry = registry or load_registry()
+    drivers = _load_drivers(raw.get("drivers"), file, registry, issues)
+    if core is not None and not issues:
+        issues += _writable_issues(core.commands, drivers, registry)
     if issues or core is None:
         raise ConfigError(file, issues)
     return Config(file=file, gateway=core.gateway, buffer=core.buffer, uplink=core.uplink,
@@ -280,6 +283,33 @@ def _load_drivers(section: Any, file: str, registry: Registry,
                 issues.extend(exc.issues)
                 continue
             out.append(DriverInstance(driver=name, instance=inst, config=cfg))
+    return out
+
+
+def _writable_issues(commands: CommandsConfig, drivers: list[DriverInstance],
+                     registry: Registry) -> list[ConfigIssue]:
+    """Each ``[[commands.writable]]`` point must be one a configured driver can write."""
+    if not commands.writable:
+        return []
+    from drivers.api import DriverContext  # noqa: PLC0415
+
+    able: set[str] = set()
+    for d in drivers:
+        cls = registry.get(d.driver)
+        if cls is None:
+            continue
+        try:
+            driver = cls(d.config, DriverContext.standalone(d.instance, d.driver))
+            able.update(driver.writable_points())
+        except Exception:  # noqa: BLE001, S112 - a driver that cannot say is checked at run time
+            continue
+    out = []
+    for i, w in enumerate(commands.writable):
+        if w.point not in able:
+            hint = ", ".join(sorted(able)[:6]) or "none: no configured driver writes"
+            out.append(ConfigIssue(f"commands.writable[{i}].point",
+                                   f'no configured driver can write "{w.point}"; writable '
+                                   f"points: {hint}"))
     return out
 
 

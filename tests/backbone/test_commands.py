@@ -343,3 +343,27 @@ def test_a_command_for_a_device_that_is_down_waits_and_is_done_once_it_is_back(
             await sim.close()
 
     asyncio.run(scenario())
+
+
+def test_config_names_every_commands_problem_at_once(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, parse_config  # noqa: PLC0415
+
+    raw = {"gateway": {"id": "cab-1", "state_dir": str(tmp_path)},
+           "drivers": {"sim": [{"instance": "sim-1", "lights": 1}]},
+           "commands": {"keys": ["keys/p.pub"], "writable": [
+               {"point": "sim-1/dev-000/lite"},
+               {"point": "sim-1/dev-000/light", "min": 5, "max": 1, "allowed": [1]}],
+               "actions": [{"name": "x", "point": "nowhere", "value": 1}]}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, file="gw.toml")
+    lines = err.value.lines()
+    assert any("writable[1].allowed: expected either allowed or min/max" in x for x in lines)
+    assert any("writable[1].max: expected max >= min" in x for x in lines)
+    raw["commands"]["writable"] = [{"point": "sim-1/dev-000/lite"}]
+    raw["commands"]["actions"] = []
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, file="gw.toml")
+    assert err.value.lines() == [
+        'gw.toml: commands.writable[0].point: no configured driver can write '
+        '"sim-1/dev-000/lite"; writable points: sim-1/dev-000/light, sim-1/dev-001/light, '
+        'sim-1/dev-002/light, sim-1/dev-003/light']
