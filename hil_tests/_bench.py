@@ -21,7 +21,8 @@ from gateway.cose import kid_for
 from hil_tests._observe import Observer
 from hil_tests._sims import Simulators
 from hil_tests.rig import Bus, Device, Rig
-from provisioning.keys import load_or_create_signing_key, load_public_key
+from provisioning._files import write_public
+from provisioning.keys import load_or_create_signing_key, load_public_key, public_key_pem
 from tests.helpers.e2e import gateway_config
 
 __all__ = ["Bench", "Daemon", "RemoteGateway", "board_command", "run_command"]
@@ -181,17 +182,32 @@ class Bench:
             stack.callback(self.daemon.stop)
 
     def _gateway_raw(self) -> dict[str, Any]:
-        """The gateway config the daemon runs: the rig's, pointed at this bench."""
+        """The gateway config the daemon runs: the rig's, pointed at this bench, taking
+        signed commands for the points the rig lets the suite write."""
         if self.sims is not None:
             cfg = gateway_config(self.state, self.broker.port, self.sims.start(),
                                  gateway={"id": GATEWAY_ID}, uplink=_UPLINK)
-            return resolved(cfg, mask=False)
-        raw = resolved(load_config(self.rig.gateway_config()), mask=False)
-        raw["gateway"].update(state_dir=str(self.state), signing_key="keys/signing.key",
-                              seed_file="")
-        raw["uplink"].update(host=self.broker.host, port=self.broker.port, username="",
-                             password="", client_id="", tls={"enabled": False}, **_UPLINK)
+            raw = resolved(cfg, mask=False)
+        else:
+            raw = resolved(load_config(self.rig.gateway_config()), mask=False)
+            raw["gateway"].update(state_dir=str(self.state), signing_key="keys/signing.key",
+                                  seed_file="")
+            raw["uplink"].update(host=self.broker.host, port=self.broker.port, username="",
+                                 password="", client_id="", tls={"enabled": False},
+                                 **_UPLINK)
+        writable = [f"{d.bus}/{d.name}/{p}" for d in self.rig.devices for p in d.write]
+        if writable:
+            pub = self.state / "keys" / "platform-command.pub"
+            pub.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_public(pub, public_key_pem(self.platform_key.public_key()).encode())
+            raw["commands"] = {"keys": ["keys/platform-command.pub"], "writable": [
+                {"point": p, "min_interval": "0s"} for p in writable]}
         return raw
+
+    @property
+    def platform_key(self) -> Any:
+        """The platform command key this bench signs commands with."""
+        return load_or_create_signing_key(self.workdir / "platform-command.key")
 
     @property
     def obs(self) -> Observer:

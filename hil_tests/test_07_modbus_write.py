@@ -1,24 +1,27 @@
-"""Writes to a Modbus device: a holding register and a coil are written through the driver's
-write path on the line the gateway polls, read back by the driver, then seen by the platform in
-the gateway's own readings; the values from before are written back at the end.
+"""Writes to a Modbus device by signed command: a holding register and a coil are written by
+the running gateway (commands from the platform, as in service), read back by the driver and
+reported in each command's signed result, then seen by the platform in the gateway's readings;
+the values from before are written back at the end.
 
-Until commands reach the gateway from the platform, the suite writes with the driver itself, so
-the gateway lets go of the line meanwhile (one master per RS-485 line): its daemon is stopped
-for the write and started again after it. A rig whose gateway runs on a remote board skips this.
+A rig whose gateway runs on a remote board skips this: its config would have to list the
+bench's platform command key.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 import pytest
 
-from drivers.api import DriverContext, Quality, Value
-from drivers.modbus import ModbusDriver
-from hil_tests._bench import Bench
+from drivers.api import Quality, Value
+from gateway.command import Command
+from gateway.command_cli import send_command
+from gateway.cose import kid_for
+from hil_tests._bench import GATEWAY_ID, Bench
 from hil_tests.rig import Device, Rig
+from provisioning.keys import load_or_create_signing_key
 
 
 def _other(value: Value) -> Value:
@@ -28,28 +31,37 @@ def _other(value: Value) -> Value:
     return 38 if value == 37 else 37
 
 
-def _write(bench: Bench, dev: Device, values: Mapping[str, Value]) -> dict[str, Value]:
-    """Write ``values`` with the gateway stopped; return what the driver read back."""
-    driver = ModbusDriver(bench.drivers[dev.bus].config,
-                          DriverContext.standalone(dev.bus, "modbus"))
+def _write(bench: Bench, dev: Device, values: Mapping[str, Value],
+           timeout: float) -> dict[str, Value]:
+    """Send one signed command per value; return what each result says was read back."""
+    gateway = load_or_create_signing_key(bench.state / "keys" / "signing.key").public_key()
+    out: dict[str, Value] = {}
+    for point, value in values.items():
+        now = time.time_ns() // 1_000_000
+        cmd = Command(GATEWAY_ID if bench.sims is not None else _gateway_id(bench),
+                      uuid.uuid4().hex, now, now + round(timeout * 1000), point=point,
+                      value=value)
+        _m, final, _seen = send_command(cmd, bench.platform_key, host=bench.broker.host,
+                                        port=bench.broker.port, wait=timeout,
+                                        gateway_keys={kid_for(gateway): gateway})
+        assert final is not None, f"no result for {point} = {value!r} within {timeout:.0f}s"
+        assert final.status == "done", (
+            f"{point} = {value!r}: {final.status} {final.reason} {final.detail}")
+        out[point] = final.value
+    return out
 
-    async def write_all() -> dict[str, Value]:
-        try:
-            return {point: await driver.write(point, value) for point, value in values.items()}
-        finally:
-            driver.bus.close()
 
-    bench.daemon.stop()
-    try:
-        return asyncio.run(write_all())
-    finally:
-        bench.ensure_up()
+def _gateway_id(bench: Bench) -> str:
+    from gateway.config import load_config  # noqa: PLC0415
+
+    return load_config(bench.daemon.config).gateway.id  # type: ignore[union-attr]
 
 
 def test_modbus_write_and_read_back(write_device: Device, up: Bench, rig: Rig,
                                     report: Callable[[str], None]) -> None:
     if rig.remote:
-        pytest.skip("the gateway on the board owns its line; writes reach it as commands")
+        pytest.skip("the gateway on the board would need the bench's platform command key in "
+                    "its [commands] keys")
     obs, dev = up.obs, write_device
     points = [f"{dev.bus}/{dev.name}/{p}" for p in dev.write]
     timeout = float(rig.recover_timeout)
@@ -64,14 +76,14 @@ def test_modbus_write_and_read_back(write_device: Device, up: Bench, rig: Rig,
     before = {p: latest(p, start) for p in points}
     wanted = {p: _other(v) for p, v in before.items()}
     try:
-        assert _write(up, dev, wanted) == wanted
+        assert _write(up, dev, wanted, timeout) == wanted
         restarted = time.monotonic()
         seen = obs.wait(lambda: all(latest(p, restarted) == wanted[p] for p in points),
                         timeout, f"the written values of {', '.join(dev.write)} in the "
                                  "gateway's readings")
     finally:
-        restored = _write(up, dev, before)
+        restored = _write(up, dev, before, timeout)
     assert restored == before
     shown = ", ".join(f"{p.rsplit('/', 1)[1]} {before[p]!r} -> {wanted[p]!r}" for p in points)
-    report(f"wrote {shown}: read back, and in the gateway's readings {seen:.1f}s after it "
-           "restarted; restored")
+    report(f"wrote {shown} by signed command: read back, and in the gateway's readings "
+           f"{seen:.1f}s after the write; restored")
