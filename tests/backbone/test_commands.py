@@ -66,6 +66,16 @@ async def _send(broker: Mosquitto, cmd: Command, key: Any, gw_key: Any,
     return final
 
 
+async def _subscribed(run: Run) -> None:
+    """Until the gateway is connected and has had time to subscribe to its command topic
+    (a command published before that has no subscriber and the broker drops it)."""
+    deadline = time.monotonic() + 10
+    while not (run.gateway.uplink and run.gateway.uplink.connected):
+        assert time.monotonic() < deadline, "the gateway did not connect"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+
+
 def _gw_key(state: Path) -> Any:
     return load_or_create_signing_key(state / "keys" / "signing.key").public_key()
 
@@ -82,6 +92,7 @@ def test_write_is_performed_read_back_and_seen_in_readings(
     async def scenario() -> None:
         async with running_gateway(SIM, mosquitto, state,
                                    commands=_commands(state, platform.public_key())) as run:
+            await _subscribed(run)
             res = await _send(mosquitto, _cmd(value=70), platform, _gw_key(state))
             assert res is not None and (res.status, res.value, res.point) == ("done", 70, LIGHT)
             assert _level(run) == 70
@@ -106,6 +117,7 @@ def test_every_refusal_has_its_reason_and_leaves_the_light_alone(
 
     async def scenario() -> None:
         async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            await _subscribed(run)
             gw = _gw_key(state)
             ok = await _send(mosquitto, _cmd(value=30), platform, gw)
             assert ok is not None and ok.status == "done"
@@ -156,7 +168,7 @@ def _raw_roundtrip(broker: Mosquitto, message: bytes, gw: Any) -> Result | None:
     import queue  # noqa: PLC0415
 
     from gateway.command_cli import _publish  # noqa: PLC0415
-    from gateway.subscriber import BatchSubscriber  # noqa: PLC0415
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
 
     sub = BatchSubscriber(broker.host, broker.port, "streetgate/cab-test/cmd/result")
     sub.start()
@@ -184,6 +196,7 @@ def test_same_message_is_performed_once_even_across_an_outage_and_a_restart(
 
     async def scenario() -> None:
         async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            await _subscribed(run)
             gw = _gw_key(state)
             first = await _send(mosquitto, cmd, platform, gw)
             assert first is not None and first.status == "done"
@@ -195,6 +208,7 @@ def test_same_message_is_performed_once_even_across_an_outage_and_a_restart(
             assert again is not None and (again.status, again.ts) == ("done", first.ts)
             assert _sim(run).writes == 1
         async with running_gateway(SIM, mosquitto, state, commands=section) as run:
+            await _subscribed(run)
             gw = _gw_key(state)
             replay = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
             assert replay is not None and (replay.status, replay.ts) == ("done", first.ts)
@@ -217,6 +231,7 @@ def test_results_ride_in_the_signed_batch_stream(
     async def scenario() -> None:
         async with running_gateway(SIM, mosquitto, state,
                                    commands=_commands(state, platform.public_key())) as run:
+            await _subscribed(run)
             gw = _gw_key(state)
             cmd = _cmd(value=20)
             res = await _send(mosquitto, cmd, platform, gw)
@@ -270,6 +285,7 @@ def test_config_by_command_rolls_back_when_the_uplink_does_not_return(
     async def scenario() -> None:
         async with running_gateway(SIM, mosquitto, state, commands={
                 **section, "accept_config": True, "config_rollback": "5s"}) as run:
+            await _subscribed(run)
             run.gateway.config_path = conf
             gw = _gw_key(state)
             bad = await _send(mosquitto, _cmd(None, config=b"[gateway]\nid = 5\n"), platform,
@@ -301,7 +317,8 @@ def test_a_command_for_a_device_that_is_down_waits_and_is_done_once_it_is_back(
     relay = "bus-1/io-1/relay_1"
 
     async def scenario() -> None:
-        sim = ModbusSimulator([profile_unit(2, "io-module")])
+        # The simulator's coils toggle every 5 s unless pinned (or written).
+        sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
         port = await sim.serve_tcp()
         device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
                   "backoff_max": "300ms"}
@@ -315,6 +332,7 @@ def test_a_command_for_a_device_that_is_down_waits_and_is_done_once_it_is_back(
         try:
             async with running_gateway(drivers, mosquitto, state, commands=section) as run:
                 gw = _gw_key(state)
+                await _subscribed(run)
                 await sim.stop()
                 assert sim.units[2].read("coil", 0, 1) == [False]
                 waiting = _cmd(relay, True, ttl_ms=60_000)
@@ -367,3 +385,76 @@ def test_config_names_every_commands_problem_at_once(tmp_path: Path) -> None:
         'gw.toml: commands.writable[0].point: no configured driver can write '
         '"sim-1/dev-000/lite"; writable points: sim-1/dev-000/light, sim-1/dev-001/light, '
         'sim-1/dev-002/light, sim-1/dev-003/light']
+
+
+def test_a_result_lost_in_a_broker_outage_arrives_later_and_the_write_happens_once(
+        mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
+    """The device comes back while the broker is away: the write happens, its result cannot
+    be published; after the broker returns the result arrives, and the platform sending the
+    same command again (it never saw a result) does not write a second time."""
+    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
+    from gateway.command_cli import _publish  # noqa: PLC0415
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+
+    state = tmp_path / "state"
+    relay = "bus-1/io-1/relay_1"
+
+    async def scenario() -> None:
+        # The simulator's coils toggle every 5 s unless pinned (or written).
+        sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
+        writes: list[Any] = []
+        sim.on_write = writes.append
+        port = await sim.serve_tcp()
+        device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
+                  "backoff_max": "300ms"}
+        drivers = {"modbus": [{"instance": "bus-1", "bus": {
+            "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
+            "reconnect_max": "300ms"},
+            "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
+        section = _commands(state, platform.public_key(), writable=[
+            {"point": relay, "allowed": [True, False], "min_interval": "0s"}], actions=[],
+            retry="200ms")
+        cmd = _cmd(relay, True, ttl_ms=60_000)
+        message = sign_command(cmd, platform)
+        try:
+            async with running_gateway(drivers, mosquitto, state, commands=section) as run:
+                gw = _gw_key(state)
+                await _subscribed(run)
+                await sim.stop()
+                assert await asyncio.to_thread(_publish, mosquitto.host, mosquitto.port,
+                                               "streetgate/cab-test/cmd", message)
+                await asyncio.sleep(1.0)  # accepted, waiting for the device
+                mosquitto.stop()
+                await sim.start()
+                deadline = time.monotonic() + 20
+                while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert sim.units[2].read("coil", 0, 1) == [True]
+                await asyncio.sleep(0.5)
+                row = sqlite3.connect(state / "buffer.db").execute(
+                    "SELECT state, result_sent FROM commands WHERE id = ?", (cmd.id,)).fetchone()
+                assert row == ("final", 0)  # stored, not yet acknowledged by a broker
+                sub = BatchSubscriber(mosquitto.host, mosquitto.port,
+                                      "streetgate/cab-test/cmd/result")
+                mosquitto.start()
+                await asyncio.to_thread(sub.start)
+                try:
+                    got: list[Result] = []
+                    deadline = time.monotonic() + 20
+                    while not got and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                        while not sub.messages.empty():
+                            _t, payload = sub.messages.get()
+                            _kid, body = open1(payload, {kid_for(gw): gw})
+                            got.append(decode_result(body))
+                    assert [(r.id, r.status, r.value) for r in got] == [(cmd.id, "done", True)]
+                finally:
+                    sub.stop()
+                again = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
+                assert again is not None and (again.status, again.ts) == ("done", got[0].ts)
+                relay_writes = [w for w in writes if w.refused is None]
+                assert len(relay_writes) == 1, relay_writes
+        finally:
+            await sim.close()
+
+    asyncio.run(scenario())
