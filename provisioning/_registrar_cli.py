@@ -63,6 +63,11 @@ def _seed_text(args: argparse.Namespace, token: str, ca_pem: str) -> str:
     if args.enroll_broker:
         top["enroll_broker"] = args.enroll_broker
     top |= {"topic_prefix": args.prefix, "ca_cert": ca_pem}
+    command = Path(args.command_key) if args.command_key else Path(args.dir) / "command.pub"
+    if command.suffix == ".key":
+        command = command.with_suffix(".pub")
+    if command.is_file():
+        top["command_key"] = command.read_text()
     enrollment = {"method": "claim", "username": args.username, "password": args.password,
                   "token": token}
     return ("# streetgate seed: copy onto the gateway's boot partition; single use\n"
@@ -158,6 +163,8 @@ def register_registrar(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--prefix", default="streetgate")
     p.add_argument("--username", default="claim", help="claim account on the broker")
     p.add_argument("--password", default="", help="claim account password")
+    p.add_argument("--command-key", metavar="FILE", help="platform command public key for the "
+                   "seed (default DIR/command.pub, when it exists)")
     p.set_defaults(func=guard(cmd_add_claim))
     p = cmds.add_parser("sign", help="sign a CSR by hand (offline enrollment)")
     p.add_argument("--csr", required=True, metavar="FILE")

@@ -35,6 +35,7 @@ __all__ = [
     "load_or_create_signing_key",
     "load_public_key",
     "load_public_keys",
+    "parse_public_pem",
     "public_key_pem",
 ]
 
@@ -201,16 +202,20 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read an Ed25519 public key PEM (SubjectPublicKeyInfo, as :func:`public_key_pem` writes)."""
+    path = Path(path)
+    return parse_public_pem(path.read_bytes(), str(path))
+
+
+def parse_public_pem(data: bytes, what: str = "the text") -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM bytes; :class:`KeyFormatError` says what is wrong."""
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the top
 
-    path = Path(path)
-    data = path.read_bytes()
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
-        raise KeyFormatError(f"public key {path} is not a PEM public key: {exc}") from exc
+        raise KeyFormatError(f"public key {what} is not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFormatError(f"public key {path} is a {type(key).__name__}, not Ed25519")
+        raise KeyFormatError(f"public key {what} is a {type(key).__name__}, not Ed25519")
     return key
 
 

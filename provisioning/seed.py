@@ -78,6 +78,8 @@ class Seed:
     topic_prefix: str = option("streetgate")
     ca_cert: str = option("", doc="PEM text of the CA certificate(s)")
     ca_file: str = option("", doc="file with the CA certificate(s), relative to the seed")
+    command_key: str = option("", doc="PEM text of the platform command public key: written to"
+                              " keys/platform-command.pub for the config's [commands] keys")
     enrollment: SeedEnrollment
 
     def validate(self) -> list[tuple[str, str]]:
@@ -90,6 +92,13 @@ class Seed:
             except CertificateError:
                 issues.append(("ca_cert", ("expected PEM certificate text "
                                           '("-----BEGIN CERTIFICATE-----...")')))
+        if self.command_key:
+            from provisioning.keys import KeyFileError, parse_public_pem  # noqa: PLC0415
+
+            try:
+                parse_public_pem(self.command_key.encode())
+            except KeyFileError as exc:
+                issues.append(("command_key", f"expected an Ed25519 public key PEM: {exc}"))
         # The identity carries the address and prefix rules; reuse them.
         ident = self.identity()
         issues += [(k, m) for k, m in ident.validate() if k != "enrollment"]
@@ -170,6 +179,8 @@ def import_seed(path: Path, state_dir: Path) -> SeedImport:
     layout = StateLayout(state_dir)
     save_identity(state_dir, seed.identity())
     write_public(layout.ca_cert, ca_pem)
+    if seed.command_key:
+        write_public(state_dir / "keys" / "platform-command.pub", seed.command_key.encode())
     enr = seed.enrollment
     if enr.method == "claim":
         write_private(layout.claim_file, dumps_flat({

@@ -147,3 +147,25 @@ def test_seed_contents_overwritten_before_unlink(tmp_path: Path, fleet: Fleet) -
     assert set(keep.read_bytes()) == {0}
     with pytest.raises(tomllib.TOMLDecodeError):
         tomllib.loads(keep.read_text())
+
+
+def test_seed_carries_the_platform_command_key(tmp_path: Path, fleet: Fleet) -> None:
+    from provisioning.keys import (  # noqa: PLC0415
+        load_or_create_signing_key,
+        load_public_key,
+        public_key_pem,
+    )
+
+    platform = load_or_create_signing_key(tmp_path / "command.key").public_key()
+    pem = public_key_pem(platform)
+    seed = write_seed(tmp_path / "boot" / "seed.toml", gateway_id="cab-0042", fleet=fleet,
+                      brokers=None, token="t", extra=f'command_key = """{pem}"""')
+    state = tmp_path / "state"
+    import_seed(seed, state)
+    written = state / "keys" / "platform-command.pub"
+    assert load_public_key(written) == platform
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    bad = write_seed(tmp_path / "boot2" / "seed.toml", gateway_id="cab-0043", fleet=fleet,
+                     brokers=None, token="t", extra='command_key = "not a key"')
+    with pytest.raises(ConfigError, match="command_key: expected an Ed25519 public key PEM"):
+        import_seed(bad, tmp_path / "state2")
