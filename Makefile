@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck soak bench install flash-rig clean deps mosquitto help
+.PHONY: demo test lint typecheck soak bench install flash-rig clean deps mosquitto postgres help
 
 help:
 	@echo "make demo    - simulated devices -> gateway -> private broker -> verifier"
@@ -24,10 +24,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,firmware]'
 	@touch $(STAMP)
 
-deps: $(STAMP) mosquitto
+deps: $(STAMP) mosquitto postgres
 
 mosquitto:
 	@bash .ci/ensure-mosquitto
+
+# The tests start private PostgreSQL clusters (tests/helpers/postgres.py).
+postgres:
+	@bash .ci/ensure-postgres
 
 demo: deps
 	$(VENV)/bin/streetgate demo
@@ -36,7 +40,7 @@ test: deps lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway drivers buffer provisioning hil_tests tests/hil
+	$(VENV)/bin/ruff check gateway drivers buffer provisioning ingest hil_tests tests/hil
 	$(PY) hil_tests/firmware/typecheck.py
 
 typecheck: $(STAMP)

@@ -2,6 +2,10 @@
 
 Drivers are imported on first use, so a gateway that runs only Modbus never imports the
 LoRa stack, and a driver that fails to import is reported by name without stopping others.
+
+The built-in drivers' names are reserved: a plugin registering one of them is refused (the
+built-in stays), and so are plugins that register the same name as each other. Either way
+the refusal names the entry points, once per process, and ``Registry.refused`` keeps it.
 """
 
 from __future__ import annotations
@@ -13,14 +17,27 @@ import sys
 from importlib import import_module
 from importlib.machinery import PathFinder
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.api import Driver
 
-__all__ = ["GROUP", "Registry", "load_registry"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["BUILTIN", "GROUP", "Registry", "load_registry"]
 
 GROUP = "streetgate.drivers"
 _log = logging.getLogger("streetgate.drivers")
+
+#: The drivers streetgate itself registers (pyproject.toml), by name: no plugin may take these.
+BUILTIN = {
+    "sim": "drivers.sim:SimDriver",
+    "modbus": "drivers.modbus:ModbusDriver",
+    "serial": "drivers.serial:SerialDriver",
+    "lora_forwarder": "drivers.lora:LoraForwarderDriver",
+    "lora_modem": "drivers.lora:LoraModemDriver",
+}
+_warned: set[str] = set()
 
 
 class _EntryPoint(Protocol):
@@ -31,11 +48,14 @@ class _EntryPoint(Protocol):
 
 
 class Registry:
-    def __init__(self, eps: dict[str, _EntryPoint]) -> None:
+    def __init__(self, eps: dict[str, _EntryPoint],
+                 refused: dict[str, str] | None = None) -> None:
         self._eps = eps
         self._loaded: dict[str, type[Driver[Any]]] = {}
         #: Entry points that failed to load: name -> "module:attr: error".
         self.broken: dict[str, str] = {}
+        #: Plugins not used because their name is taken: name -> why, naming them.
+        self.refused: dict[str, str] = dict(refused or {})
 
     @property
     def names(self) -> list[str]:
@@ -81,8 +101,54 @@ def load_registry() -> Registry:
     if found is None:
         from importlib.metadata import entry_points  # noqa: PLC0415 - see _scan
 
-        return Registry({ep.name: ep for ep in entry_points(group=GROUP)})
-    return Registry({name: _PathEntryPoint(value) for name, value in found})
+        pairs: list[tuple[str, _EntryPoint]] = [(ep.name, ep) for ep in entry_points(group=GROUP)]
+    else:
+        pairs = [(name, _PathEntryPoint(value)) for name, value in found]
+    eps, refused = resolve_names(pairs)
+    for why in refused.values():
+        if why not in _warned:
+            _warned.add(why)
+            _log.warning("%s", why)
+    return Registry(eps, refused)
+
+
+def _same(a: str, b: str) -> bool:
+    return re.sub(r"\s+", "", a) == re.sub(r"\s+", "", b)
+
+
+def resolve_names(pairs: Iterable[tuple[str, _EntryPoint]],
+                  ) -> tuple[dict[str, _EntryPoint], dict[str, str]]:
+    """One entry point per name: built-ins keep theirs, a name two plugins claim is refused.
+
+    Returns the entry points to use and, for each refused name, a sentence naming the plugins.
+    """
+    claims: dict[str, list[_EntryPoint]] = {}
+    for name, ep in pairs:
+        same = any(_same(ep.value, other.value) for other in claims.get(name, []))
+        if not same:  # one distribution seen twice on sys.path claims nothing twice
+            claims.setdefault(name, []).append(ep)
+    eps: dict[str, _EntryPoint] = {}
+    refused: dict[str, str] = {}
+    for name, found in claims.items():
+        builtin = BUILTIN.get(name)
+        if builtin is not None:
+            plugins = [ep for ep in found if not _same(ep.value, builtin)]
+            eps[name] = next((ep for ep in found if _same(ep.value, builtin)),
+                             _PathEntryPoint(builtin))
+            if plugins:
+                values = ", ".join(sorted(ep.value for ep in plugins))
+                refused[name] = (f"driver plugin {name} = {values} refused: {name!r} is the "
+                                 f"name of a built-in driver, which stays in use; rename the "
+                                 f"plugin's entry point in the {GROUP!r} group (and its "
+                                 f"class's name)")
+        elif len(found) > 1:
+            values = " and ".join(sorted(ep.value for ep in found))
+            refused[name] = (f"driver plugins {values} refused: both register the name "
+                             f"{name!r}; uninstall one, or rename its entry point in the "
+                             f"{GROUP!r} group (and its class's name)")
+        else:
+            eps[name] = found[0]
+    return eps, refused
 
 
 # -- entry points without importlib.metadata ------------------------------------------------

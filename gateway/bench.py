@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
@@ -29,8 +29,10 @@ from drivers.sim import SimDriver
 from drivers.sim.config import SimConfig
 from gateway.broker import Mosquitto
 from gateway.cose import kid_for, open1
-from gateway.subscriber import BatchSubscriber
 from provisioning.keys import load_or_create_signing_key
+
+if TYPE_CHECKING:
+    from ingest.subscriber import BatchSubscriber
 
 __all__ = ["run_bench"]
 
@@ -137,6 +139,8 @@ def _collect(sub: BatchSubscriber, keys: dict[bytes, Any], want: int,
 
 
 def _e2e(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+
     state = work / "e2e"
     keys = _keys(state)
     driver = (f'[[drivers.sim]]\ninstance = "bench"\ndevices = {max(1, points // _PER_DEVICE)}\n'
@@ -173,6 +177,8 @@ def _fill(path: Path, readings: int, points: int) -> None:
 
 
 def _drain(work: Path, broker: Mosquitto, readings: int, points: int) -> dict[str, Any]:
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+
     state = work / "drain"
     keys = _keys(state)
     _fill(state / "buffer.db", readings, points)

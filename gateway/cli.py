@@ -11,14 +11,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from drivers.api import ConfigError
+from drivers.api import ConfigError, Duration
 
 __all__ = ["main"]
 
 _CORE = {"run", "check", "key", "buffer", "verify", "demo", "bench", "status", "drivers",
-         "new-driver", "hil", "command", "-h", "--help", "--version"}
+         "new-driver", "hil", "command", "ingest"}
 
 
 def _command(argv: list[str]) -> str | None:
@@ -32,6 +32,51 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
+def _hoist_log_level(argv: list[str]) -> list[str]:
+    """``--log-level L`` given after the command (before any ``--``) moves in front of it."""
+    words = iter(enumerate(argv))
+    at = None
+    for i, word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            at = i
+            break
+    if at is None:
+        return argv
+    moved: list[str] = []
+    kept: list[str] = []
+    rest = iter(argv[at + 1:])
+    for word in rest:
+        if word == "--":
+            kept += [word, *rest]
+        elif word == "--log-level" and (value := next(rest, None)) is not None:
+            moved += [word, value]
+        elif word.startswith("--log-level="):
+            moved.append(word)
+        else:
+            kept.append(word)
+    return moved + argv[:at + 1] + kept
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 2, and carry the error priority when stderr is the journal."""
+
+    def error(self, message: str) -> NoReturn:
+        from gateway.logs import print_problem  # noqa: PLC0415
+
+        print_problem(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
+        raise SystemExit(2)
+
+
+def _duration(text: str) -> float:
+    try:
+        return float(Duration.parse(text))
+    except ValueError:
+        msg = f'expected a duration such as "500ms", "10s", "2m"; got {text!r}'
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="/etc/streetgate/gateway.toml",
                    help="gateway config file (default: %(default)s)")
@@ -40,21 +85,17 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from gateway import __version__  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="streetgate",
-                                     description="street-cabinet gateway agent")
+    parser = _Parser(prog="streetgate", description="street-cabinet gateway agent",
+                     epilog="exit status: 0 ok; 1 problems found (a device failing, the "
+                            "gateway degraded or not running, a check failed); 2 usage or "
+                            "config error")
     parser.add_argument("--version", action="version", version=f"streetgate {__version__}")
     parser.add_argument("--log-level", default=None,
-                        choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+                        choices=["debug", "info", "warning", "error"],
+                        help="also accepted after the command")
+    sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p = sub.add_parser("run", help="run the gateway daemon")
-    _config_arg(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("check", help="validate a config file and print it resolved, secrets masked")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_check)
+    _register_run_check(sub)
 
     p = sub.add_parser("key", help="the gateway's signing key")
     ksub = p.add_subparsers(dest="key_command", required=True)
@@ -76,6 +117,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     bp.set_defaults(func=cmd_buffer_stats)
 
     p = sub.add_parser("drivers", help="list registered drivers")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_drivers)
 
     command = _command(argv)
@@ -95,9 +137,32 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from gateway.status import register_cli as register_status  # noqa: PLC0415
 
     register_status(sub)
-    if not argv or argv[0] not in _CORE:
+    if command not in _CORE:  # a field tool, or help listing every command
         _register_plugins(sub)
     return parser
+
+
+def _register_run_check(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the gateway daemon")
+    _config_arg(p)
+    dry = p.add_mutually_exclusive_group()
+    dry.add_argument("--once", action="store_true",
+                     help="poll every configured driver once, print the readings and exit; "
+                          "nothing is buffered or sent")
+    dry.add_argument("--test", type=_duration, metavar="DURATION",
+                     help="like --once, but run the drivers this long (e.g. 30s)")
+    p.add_argument("--json", action="store_true", help="with --once/--test: print JSON")
+    p.add_argument("--timeout", type=_duration, default=15.0, metavar="DURATION",
+                   help="with --once: give up on a driver after this long (default: 15s)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file and print it resolved, secrets "
+                       "masked; then check what run needs (keys, TLS files, identity)")
+    p.add_argument("file")
+    p.add_argument("--offline", action="store_true",
+                   help="only the file: not the state directory's keys, TLS files and identity")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
 
 
 def _register_plugins(sub: Any) -> None:
@@ -120,35 +185,57 @@ def _register_plugins(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if _command(args_list) == "ingest":
+        return _ingest(args_list)
+    args_list = _hoist_log_level(args_list)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
-    from gateway.logs import setup_logging  # noqa: PLC0415
+    from gateway.logs import print_problem, setup_logging  # noqa: PLC0415
 
     setup_logging(args.log_level or "info")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # so a reader that went away shows here, not at exit
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print_problem(str(exc))
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (``| head``): stop quietly, with the status SIGPIPE gives."""
+    import os  # noqa: PLC0415
+
+    # Python flushes stdout again at exit: point it at /dev/null so that flush succeeds.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
+def _ingest(args_list: list[str]) -> int:
+    """``streetgate [--log-level L] ingest ...``: the ingest package parses the rest."""
+    from gateway._cli_tools import cmd_ingest  # noqa: PLC0415
+    from gateway.logs import setup_logging  # noqa: PLC0415
+
+    i = args_list.index("ingest")
+    head = args_list[:i]
+    level = head[head.index("--log-level") + 1] if "--log-level" in head[:-1] else "info"
+    setup_logging(level)
+    try:
+        return cmd_ingest(args_list[i + 1:])
     except KeyboardInterrupt:
         return 130
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway._toml import dumps  # noqa: PLC0415
-    from gateway.config import check_fragment, load_config, resolved  # noqa: PLC0415
+    from gateway._cli_check import cmd_check as check  # noqa: PLC0415
 
-    fragment = check_fragment(args.file)
-    if fragment is not None:
-        print(f"# {args.file}: driver sections OK ({len(fragment)} instance(s); "
-              "no [gateway] section, so checked as a fragment)")
-        print(dumps({"drivers": fragment}), end="")
-        return 0
-    cfg = load_config(args.file)
-    print(f"# {args.file}: OK ({len(cfg.drivers)} driver instance(s))")
-    print(dumps(resolved(cfg)), end="")
-    return 0
+    return check(args)
 
 
 def _lean_malloc() -> None:
@@ -191,6 +278,8 @@ def _quiet_gc() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.once or args.test is not None:
+        return _dry_run(args)
     _lean_malloc()
     from gateway.config import load_config  # noqa: PLC0415
     from gateway.daemon import Gateway  # noqa: PLC0415
@@ -226,9 +315,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         from provisioning.keys import KeyFileError  # noqa: PLC0415
 
         if isinstance(exc, KeyFileError | AlreadyRunningError | OSError | ValueError):
-            print(f"streetgate: cannot start: {exc}", file=sys.stderr)
+            from gateway.logs import print_problem  # noqa: PLC0415
+
+            print_problem(f"streetgate: cannot start: {exc}")
             return 1
         raise
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """``run --once`` / ``--test``: the drivers alone; no buffer, no broker, no state files."""
+    from drivers.registry import load_registry  # noqa: PLC0415
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.dryrun import run_command  # noqa: PLC0415
+
+    registry = load_registry()
+    cfg = load_config(args.config, registry)
+    text, ok = run_command(cfg, registry, duration=args.test, timeout=args.timeout,
+                           as_json=args.json)
+    sys.stdout.write(text)
+    return 0 if ok else 1
 
 
 def _signing_key(args: argparse.Namespace) -> Any:
@@ -253,7 +358,9 @@ def _show_key(args: argparse.Namespace, show: Any) -> int:
     try:
         key = _signing_key(args)
     except KeyFileError as exc:
-        print(f"streetgate: {exc}", file=sys.stderr)
+        from gateway.logs import print_problem  # noqa: PLC0415
+
+        print_problem(f"streetgate: {exc}")
         return 1
     print(show(key.public_key()), end="")
     return 0
@@ -287,7 +394,9 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     try:
         stats = inspect_buffer(path)
     except StoreError as exc:
-        print(f"streetgate: {exc}", file=sys.stderr)
+        from gateway.logs import print_problem  # noqa: PLC0415
+
+        print_problem(f"streetgate: {exc}")
         return 1
     oldest = stats.get("oldest_ts")
     stats["oldest_age_s"] = round(time.time() - oldest / 1000, 1) if oldest else None
@@ -301,13 +410,24 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_drivers(_args: argparse.Namespace) -> int:
-    from drivers.registry import load_registry  # noqa: PLC0415
+def cmd_drivers(args: argparse.Namespace) -> int:
+    """Every driver that loads; then the broken and the refused ones, by name (exit 1)."""
+    from drivers.registry import BUILTIN, load_registry  # noqa: PLC0415
 
     reg = load_registry()
+    rows: list[dict[str, Any]] = []
     for name, cls in reg.drivers.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<16} {cls.__module__}.{cls.__qualname__}  {doc}")
-    for name, why in reg.broken.items():
-        print(f"{name:<16} BROKEN: {why}")
-    return 1 if reg.broken else 0
+        rows.append({"name": name, "state": "ok", "builtin": name in BUILTIN,
+                     "class": f"{cls.__module__}.{cls.__qualname__}", "doc": doc})
+    rows += [{"name": name, "state": "broken", "why": why} for name, why in reg.broken.items()]
+    rows += [{"name": name, "state": "refused", "why": why} for name, why in reg.refused.items()]
+    if args.json:
+        print(json.dumps({"ok": not (reg.broken or reg.refused), "drivers": rows}))
+    else:
+        for row in rows:
+            if row["state"] == "ok":
+                print(f"{row['name']:<16} {row['class']}  {row['doc']}")
+            else:
+                print(f"{row['name']:<16} {row['state'].upper()}: {row['why']}")
+    return 1 if reg.broken or reg.refused else 0

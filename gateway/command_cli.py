@@ -88,7 +88,7 @@ def send_command(cmd: Command, key: Any, *, host: str, port: int, prefix: str = 
     Returns (the signed message, the final result or None, every result seen). With
     ``gateway_keys`` only results signed by the gateway count.
     """
-    from gateway.subscriber import BatchSubscriber  # noqa: PLC0415
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
 
     message = sign_command(cmd, key)
     ref = signature_ref(message)

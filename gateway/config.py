@@ -260,6 +260,8 @@ def _load_drivers(section: Any, file: str, registry: Registry,
         if cls is None:
             known = ", ".join(registry.names)
             why = f" (failed to load: {registry.broken[name]})" if name in registry.broken else ""
+            if name in registry.refused:
+                why = f" ({registry.refused[name]})"
             issues.append(ConfigIssue(f"drivers.{name}",
                                       f"unknown driver{why}; expected one of {known}"))
             continue

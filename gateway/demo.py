@@ -11,16 +11,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.broker import Mosquitto
 from gateway.config import Config, parse_config
 from gateway.cose import kid_for
 from gateway.daemon import Gateway
-from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
 from provisioning._files import write_public
 from provisioning.keys import load_or_create_signing_key, public_key_pem
+
+if TYPE_CHECKING:
+    # The demo plays the platform side too; that code lives in the ingest package.
+    from ingest.subscriber import BatchSubscriber
+    from ingest.verify import Verifier
 
 __all__ = ["DemoSummary", "demo_config", "run_demo"]
 
@@ -146,6 +149,9 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
         (save_dir / "public.pem").write_text(public_key_pem(key.public_key()))
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+    from ingest.verify import Verifier  # noqa: PLC0415
+
     receiver = _Receiver(Verifier({kid_for(key.public_key()): key.public_key()}), out, save_dir)
     sub = BatchSubscriber(broker.host, broker.port, f"{cfg.uplink.topic_prefix}/+/batch",
                           client_id="streetgate-demo-verifier")

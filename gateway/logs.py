@@ -20,7 +20,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["RateLimitFilter", "flush_suppressed", "kv", "on_journal", "setup_logging"]
+__all__ = ["RateLimitFilter", "flush_suppressed", "kv", "on_journal", "print_problem",
+           "setup_logging"]
 
 # sd-daemon(3) priority prefixes, read by journald from stderr (SD_DEBUG .. SD_CRIT).
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
@@ -52,6 +53,20 @@ def on_journal(stream: IO[str] | None = None, environ: dict[str, str] | None = N
     except (OSError, ValueError, AttributeError):
         return False
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def print_problem(text: str, *, level: int = logging.ERROR, stream: IO[str] | None = None) -> None:
+    """Write a message for a person to stderr; under systemd each line carries its priority.
+
+    For what the CLI prints rather than logs (config errors, "cannot start: ..."), so that
+    ``journalctl -p warning`` shows why the service stopped.
+    """
+    out = stream or sys.stderr
+    if on_journal(out):
+        prio = _PRIORITY.get(level, 3)
+        text = "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+    out.write(text + "\n")
+    out.flush()
 
 
 class _Formatter(logging.Formatter):

@@ -22,13 +22,15 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable, Callable, Mapping
 
-__all__ = ["StatusReporter", "build_status", "read_status", "register_cli", "render",
+__all__ = ["StatusReporter", "build_status", "healthy", "read_status", "register_cli", "render",
            "status_path", "summary", "uplink_view", "write_status_file"]
 
 #: Where the unit's RuntimeDirectory= puts the status file (tmpfs: no SD-card wear).
 RUNTIME_DIR = Path("/run/streetgate")
 DEFAULT_STATE_DIR = Path("/var/lib/streetgate")
 DEFAULT_CONFIG = "/etc/streetgate/gateway.toml"
+#: A status file older than this was not written by a running daemon (it rewrites it every 2 s).
+STALE_AFTER = 60.0
 
 
 def _buffer_view(stats: Any, now: float) -> dict[str, Any]:
@@ -190,7 +192,7 @@ def _header(doc: Mapping[str, Any], now: float) -> list[str]:
             f"up {_age(doc.get('uptime_s'))}  pid {doc.get('pid', '?')}")
     lines = [head]
     stale = now - float(doc.get("generated_at", now))
-    if stale > 60:
+    if stale > STALE_AFTER:
         lines.append(f"!! status is {_age(stale)} old: is the service running? "
                      "(systemctl status streetgate)")
     problems = doc.get("problems", [])
@@ -411,6 +413,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when the gateway runs healthy; 1 when it is offline, degraded or not running."""
     found = [p for p in dict.fromkeys(_candidates(args)) if p.exists()]
     if not found:
         where = " or ".join(str(p) for p in _candidates(args))
@@ -430,4 +433,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                          f"({type(exc).__name__}: {exc})\n")
         return 1
     sys.stdout.write(text)
-    return 0
+    return 0 if healthy(doc) else 1
+
+
+def healthy(doc: Mapping[str, Any], *, now: float | None = None) -> bool:
+    """Online, no problems, and fresh: what ``streetgate status`` exits 0 for."""
+    now = time.time() if now is None else now
+    fresh = now - float(doc.get("generated_at", 0)) <= STALE_AFTER
+    return doc.get("state") == "online" and doc.get("health") == "ok" and fresh

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
+from ingest.subscriber import BatchSubscriber
+from ingest.verify import Verifier
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -38,8 +38,8 @@ B2 = '[[drivers.sim]]\ninstance = "b"\ndevices = 1\ninterval = "20ms"\n'
 
 def test_reload_adds_removes_changes_drivers_and_rejects_bad_config(tmp_path: Path) -> None:
     from gateway.cose import kid_for  # noqa: PLC0415
-    from gateway.subscriber import BatchSubscriber  # noqa: PLC0415
-    from gateway.verify import Verifier  # noqa: PLC0415
+    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+    from ingest.verify import Verifier  # noqa: PLC0415
     from provisioning.keys import load_or_create_signing_key  # noqa: PLC0415
 
     conf = tmp_path / "gateway.toml"

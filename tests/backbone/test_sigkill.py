@@ -15,8 +15,8 @@ from pathlib import Path
 
 from gateway.broker import Mosquitto
 from gateway.cose import kid_for
-from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
+from ingest.subscriber import BatchSubscriber
+from ingest.verify import Verifier
 from provisioning.keys import load_or_create_signing_key
 
 KILLS = 20

@@ -3,7 +3,7 @@ full disk, and the SIGTERM drain line.
 
 The daemon runs as a subprocess (``python -m gateway run``) against a real mosquitto. The
 truth is an independent subscriber that opens and decodes every batch itself (gateway.cose,
-gateway.batch) besides feeding a :class:`gateway.verify.Verifier`: a seq of an epoch must never
+gateway.batch) besides feeding a :class:`ingest.verify.Verifier`: a seq of an epoch must never
 carry two different readings, a batch_seq of an epoch never two different payloads, and after
 the drain every seq of every epoch is delivered or covered by a gap or loss record.
 """
@@ -36,8 +36,8 @@ from gateway.batch import decode_batch
 from gateway.broker import Mosquitto
 from gateway.cose import kid_for, open1
 from gateway.status import read_status
-from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
+from ingest.subscriber import BatchSubscriber
+from ingest.verify import Verifier
 from provisioning.keys import load_or_create_signing_key
 
 GW = "cab-faults"
@@ -89,7 +89,7 @@ def _buffer_stats(conf: Path) -> dict[str, Any]:
 
 def _status(conf: Path) -> dict[str, Any]:
     out = _cli("status", "-c", str(conf), "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode in (0, 1), out.stderr  # 1: degraded (disk full), which is shown
     doc: dict[str, Any] = json.loads(out.stdout)
     return doc
 

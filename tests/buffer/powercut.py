@@ -30,7 +30,7 @@ from buffer import Store
 from drivers.api import Quality, Reading
 from gateway.batch import encode_batch
 from gateway.cose import kid_for, sign1
-from gateway.verify import Result, Verifier
+from ingest.verify import Result, Verifier
 from tests.buffer.helpers import BASE_TS
 from tests.buffer.powercut_damage import Damage, read_files
 

@@ -20,8 +20,8 @@ from gateway.broker import Mosquitto
 from gateway.config import parse_config
 from gateway.cose import kid_for
 from gateway.daemon import Gateway
-from gateway.subscriber import BatchSubscriber
-from gateway.verify import Verifier
+from ingest.subscriber import BatchSubscriber
+from ingest.verify import Verifier
 from provisioning.keys import load_or_create_signing_key
 
 __all__ = ["E2EResult", "Run", "deliver", "gateway_config", "running_gateway"]

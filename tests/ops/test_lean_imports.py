@@ -8,7 +8,8 @@ import sys
 
 #: Imported by the CLI's other commands or by importlib.metadata, never used by the daemon.
 NOT_IN_THE_DAEMON = ["gateway.hil", "gateway._cli_tools", "xml.etree.ElementTree",
-                     "importlib.metadata", "zipfile", "csv", "provisioning.cli"]
+                     "importlib.metadata", "zipfile", "csv", "provisioning.cli", "ingest",
+                     "psycopg"]
 
 
 def test_run_parses_and_imports_without_the_other_commands() -> None:

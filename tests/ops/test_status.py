@@ -158,11 +158,11 @@ def _cli(argv: list[str]) -> int:
 def test_cli_renders_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "status.json"
     write_status_file(path, _doc(tmp_path))
-    assert _cli(["status", "--file", str(path)]) == 0
+    assert _cli(["status", "--file", str(path)]) == 1  # a device failing: degraded
     out = capsys.readouterr().out
     assert out.startswith("streetgate cab-0042  v0.1.0")
     assert "meter-2" in out
-    assert _cli(["status", "--file", str(path), "--json"]) == 0
+    assert _cli(["status", "--file", str(path), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["gateway"] == "cab-0042"
 
 
@@ -173,9 +173,30 @@ def test_cli_finds_the_file_through_the_config(tmp_path: Path,
     conf.write_text(f'[gateway]\nid = "cab-7"\nstate_dir = "{state}"\nstatus_socket = "st.json"\n')
     assert _cli(["status", "-c", str(conf)]) == 1
     assert "no status file at" in capsys.readouterr().err
-    write_status_file(state / "st.json", _doc(tmp_path, gateway_id="cab-7", now=time.time()))
+    write_status_file(state / "st.json", _doc(tmp_path, gateway_id="cab-7", now=time.time(),
+                                              drivers={}))
     assert _cli(["status", "-c", str(conf)]) == 0
     assert capsys.readouterr().out.startswith("streetgate cab-7")
+
+
+@pytest.mark.parametrize(("case", "code"), [
+    ("healthy", 0), ("degraded", 1), ("offline", 1), ("stale", 1), ("no file", 1)])
+def test_status_exit_code_says_whether_the_gateway_runs_healthy(
+        tmp_path: Path, case: str, code: int) -> None:
+    now = time.time()
+    docs: dict[str, dict[str, Any] | None] = {
+        "healthy": _doc(tmp_path, drivers={}, now=now),
+        "degraded": _doc(tmp_path, now=now),  # meter-2 failing
+        "offline": {"state": "offline", "gateway": "cab-0042", "clean": True},
+        "stale": _doc(tmp_path, drivers={}, now=now - 600),
+        "no file": None,
+    }
+    path = tmp_path / "status.json"
+    doc = docs[case]
+    if doc is not None:
+        write_status_file(path, doc)
+    for extra in ([], ["--json"]):
+        assert _cli(["status", "--file", str(path), *extra]) == code, case
 
 
 def test_reporter_publishes_on_change_and_interval(tmp_path: Path) -> None:
@@ -235,7 +256,7 @@ def test_degraded_driver_shows_in_problems_render_and_json(
     assert max(len(line) for line in lines) <= 100
     path = tmp_path / "status.json"
     write_status_file(path, doc)
-    assert _cli(["status", "--file", str(path), "--json"]) == 0
+    assert _cli(["status", "--file", str(path), "--json"]) == 1
     shown = json.loads(capsys.readouterr().out)["drivers"]["lora"]["health"]
     assert shown["counters"]["udp_drops"] == 3851
     assert shown["state"] == "degraded"

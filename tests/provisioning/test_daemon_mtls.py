@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from buffer.store import Store
 from gateway.daemon import Gateway
-from gateway.verify import Verifier
+from ingest.verify import Verifier
 from provisioning import TlsPaths, client_tls_context, fleetca, verifier_keys
 from provisioning.enroll import enroll
 from provisioning.identity import StateLayout, ensure_keys, load_identity

@@ -10,7 +10,7 @@ import pytest
 
 from buffer.types import Loss
 from drivers.api import Quality, Reading
-from gateway.senml import SenMLError, senml_json, senml_records
+from ingest.senml import SenMLError, senml_json, senml_records
 
 TS = 1_733_000_000_123
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from buffer.types import Gap, Loss, Row
 from gateway.batch import encode_batch
 from gateway.cose import kid_for, sign1
-from gateway.verify import IntervalSet, Verifier
+from ingest.verify import IntervalSet, Verifier
 from tests.wire.workload import GATEWAY_ID, demo_rows
 
 KEY = Ed25519PrivateKey.generate()

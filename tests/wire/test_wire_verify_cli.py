@@ -9,10 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from buffer.types import Gap, Loss
-from gateway._cli_tools import describe_gap, describe_loss
 from gateway.batch import encode_batch
 from gateway.cli import build_parser
 from gateway.cose import kid_for, sign1
+from ingest._verify_cli import describe_gap, describe_loss
 from provisioning.keys import public_key_pem
 
 TS = 1_733_000_000_000  # 2024-11-30T20:53:20Z

@@ -207,8 +207,9 @@ class Verifier:
 
     def __init__(self, keys: Mapping[bytes, Ed25519PublicKey], *,
                  gateways: Mapping[bytes, str] | None = None, origin: int | None = None) -> None:
-        self.keys = dict(keys)
-        self.gateways = dict(gateways or {})
+        #: Any mapping: the ingest looks keys up in its database as they are asked for.
+        self.keys: Mapping[bytes, Ed25519PublicKey] = dict(keys)
+        self.gateways: Mapping[bytes, str] = dict(gateways or {})
         self.origin = origin
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._stats: dict[str, Any] = {
@@ -247,12 +248,22 @@ class Verifier:
                                 f"{batch.gateway_id!r}", kid=kid, received_ms=received_ms)
         return kid, batch
 
+    def open(self, message: bytes, *, received_ms: int | None = None
+             ) -> Result | tuple[bytes, Batch]:
+        """Check the envelope, key and format alone: a rejected :class:`Result`, or
+        ``(kid, batch)`` for :meth:`accept`. Uses no per-stream state."""
+        return self._open(message, received_ms)
+
     def feed(self, message: bytes, *, received_ms: int | None = None) -> Result:
         """Verify one message and return what is new in it."""
         opened = self._open(message, received_ms)
         if isinstance(opened, Result):
             return opened
         kid, batch = opened
+        return self.accept(kid, batch, received_ms=received_ms)
+
+    def accept(self, kid: bytes, batch: Batch, *, received_ms: int | None = None) -> Result:
+        """What is new in an opened batch, against (and into) the streams' state."""
         info: dict[str, Any] = {"gateway_id": batch.gateway_id, "epoch": batch.epoch,
                                 "batch_seq": batch.batch_seq, "kid": kid,
                                 "received_ms": received_ms}
@@ -327,27 +338,48 @@ class Verifier:
         stream = self._streams.get((gateway_id, epoch))
         return stream.missing() if stream is not None else []
 
+    @staticmethod
+    def streams_of(batch: Batch) -> list[tuple[str, int]]:
+        """The streams :meth:`accept` reads and writes for ``batch``, sorted."""
+        return sorted({(batch.gateway_id, batch.epoch),
+                       *((batch.gateway_id, loss.epoch) for loss in batch.losses)})
+
+    def has_stream(self, gateway_id: str, epoch: int) -> bool:
+        return (gateway_id, epoch) in self._streams
+
+    def stream_state(self, gateway_id: str, epoch: int) -> dict[str, Any] | None:
+        """One stream as in :meth:`state` (``None`` when not seen), for storing elsewhere."""
+        s = self._streams.get((gateway_id, epoch))
+        if s is None:
+            return None
+        return {"gateway_id": gateway_id, "epoch": epoch, "highest_batch": s.highest_batch,
+                "low": s.low, "high": s.high, "delivered": s.delivered.ranges(),
+                "dropped": s.dropped.ranges(), "losses": [list(ident) for ident in s.losses]}
+
+    def load_stream(self, data: Mapping[str, Any] | None, gateway_id: str, epoch: int) -> None:
+        """Put one stream as :meth:`stream_state` gave it (``None``: a fresh one) in place."""
+        self._streams[gateway_id, epoch] = (_Stream(low=self.origin) if data is None
+                                            else _stream_from(data))
+
     def state(self) -> dict[str, Any]:
         """The dedup state as JSON-ready data, for :meth:`restore` after a restart."""
+        # losses: [first_seq, last_seq, count, first_ts, last_ts, reason], as on the wire
         return {"version": _STATE_VERSION, "stats": self.stats, "streams": [
-            {"gateway_id": gw, "epoch": ep, "highest_batch": s.highest_batch, "low": s.low,
-             "high": s.high, "delivered": s.delivered.ranges(), "dropped": s.dropped.ranges(),
-             # [first_seq, last_seq, count, first_ts, last_ts, reason], as on the wire
-             "losses": [list(ident) for ident in s.losses]}
-            for (gw, ep), s in self._streams.items()]}
+            self.stream_state(gw, ep) for gw, ep in self._streams]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state` returned (replacing the current state)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"verifier state version {state.get('version')!r} is not supported")
-        streams = {}
-        for s in state["streams"]:
-            stream = _Stream(IntervalSet(map(tuple, s["delivered"])),
-                             IntervalSet(map(tuple, s["dropped"])), s["highest_batch"], s["low"],
-                             s["high"])
-            for item in s.get("losses", ()):  # absent in state saved before loss records
-                stream.lose(Loss(s["epoch"], *item))
-            streams[s["gateway_id"], s["epoch"]] = stream
+        streams = {(s["gateway_id"], s["epoch"]): _stream_from(s) for s in state["streams"]}
         self._streams = streams
         self._stats = {**_LOSS_STATS, **state["stats"],
                        "rejected": dict(state["stats"]["rejected"])}
+
+
+def _stream_from(s: Mapping[str, Any]) -> _Stream:
+    stream = _Stream(IntervalSet(map(tuple, s["delivered"])), IntervalSet(map(tuple, s["dropped"])),
+                     s["highest_batch"], s["low"], s["high"])
+    for item in s.get("losses", ()):  # absent in state saved before loss records
+        stream.lose(Loss(s["epoch"], *item))
+    return stream

@@ -26,9 +26,17 @@ which is right because these records lack the value field §4.2 otherwise requir
     got a seq); ``v`` how many readings; ``t`` and ``et_`` the start and end of their time
     range, in seconds like ``t``.
 
-Pass ``include_bad=False`` for packs that plain RFC 8428 tooling must accept: bad-quality
-readings and loss records are then left out, and a non-finite value is the only way an
-extension appears.
+``clk_``
+    ``"unsynced"``: the reading was stamped before the gateway's clock synced, so its ``t``
+    is not a true time (and a ``t`` below 2**28 would read as relative to now, RFC 8428
+    §4.5.3). The batch's clock spans give the correction once it is known.
+
+Pass ``include_bad=False`` for packs that any RFC 8428 receiver accepts: no extension field
+at all. Bad-quality readings, readings without a finite value, readings stamped before 2**28
+seconds since the epoch (an unsynchronized clock) and loss records are then left out.
+
+:func:`senml_cbor` gives the same pack as SenML CBOR (``application/senml+cbor``, RFC 8428
+§6): integer labels for the RFC's fields, ``vd`` as a byte string, extension labels as text.
 """
 
 from __future__ import annotations
@@ -47,10 +55,13 @@ if TYPE_CHECKING:
     from buffer.types import Loss
     from drivers.api import Value
 
-__all__ = ["LOSS_FIELD", "NONFINITE_FIELD", "QUALITY_FIELD", "SenMLError", "senml_json",
-           "senml_records"]
+__all__ = ["CLOCK_FIELD", "LOSS_FIELD", "NONFINITE_FIELD", "QUALITY_FIELD", "SenMLError",
+           "senml_cbor", "senml_json", "senml_records"]
 
 QUALITY_FIELD = "q_"
+CLOCK_FIELD = "clk_"
+#: RFC 8428 §4.5.3: a time below 2**28 s is relative to the receiver's now.
+_ABSOLUTE_MS = 2**28 * 1000
 NONFINITE_FIELD = "nf_"
 LOSS_FIELD = "loss_"
 # RFC 8428 §4.5.1: the concatenated name's character set and first character.
@@ -78,12 +89,22 @@ def _record(reading: Reading) -> dict[str, Any]:
     if reading.unit is not None:
         rec["u"] = reading.unit
     rec["t"] = reading.ts / 1000
+    if reading.ts < _ABSOLUTE_MS:
+        rec[CLOCK_FIELD] = "unsynced"
     rec.update(_value_fields(reading.value))
     if reading.quality != Quality.GOOD:
         rec[QUALITY_FIELD] = Quality(reading.quality).name.lower()
     elif reading.value is None:
         rec[QUALITY_FIELD] = "empty"  # a good reading without a value: say so, never v=0
     return rec
+
+
+def _plain(reading: Reading) -> bool:
+    """Whether plain RFC 8428 fields alone say all there is to say about ``reading``."""
+    value = reading.value
+    return (reading.quality == Quality.GOOD and value is not None
+            and not (isinstance(value, float) and not math.isfinite(value))
+            and reading.ts >= _ABSOLUTE_MS)
 
 
 def _loss_record(loss: Loss) -> dict[str, Any]:
@@ -105,7 +126,7 @@ def senml_records(gateway_id: str, readings: Iterable[Reading | tuple[int, Readi
     out: list[dict[str, Any]] = []
     for item in readings:
         reading = item if isinstance(item, Reading) else item[1]
-        if not include_bad and (reading.quality != Quality.GOOD or reading.value is None):
+        if not include_bad and not _plain(reading):
             continue
         if not _NAME.fullmatch(base + reading.point):
             raise SenMLError(f"SenML name {base + reading.point!r} uses characters outside "
@@ -129,3 +150,23 @@ def senml_json(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]
     return json.dumps(senml_records(gateway_id, readings, include_bad=include_bad,
                                     losses=losses),
                       separators=(",", ":"), allow_nan=False)
+
+
+#: RFC 8428 §6, Table 4: CBOR labels of the fields this module writes.
+_CBOR_LABELS = {"bn": -2, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "t": 6, "vd": 8}
+
+
+def senml_cbor(gateway_id: str, readings: Iterable[Reading | tuple[int, Reading]], *,
+               include_bad: bool = True, losses: Iterable[Loss] = ()) -> bytes:
+    """The SenML pack as CBOR (``application/senml+cbor``, RFC 8428 §6)."""
+    import cbor2  # noqa: PLC0415
+
+    out = []
+    for rec in senml_records(gateway_id, readings, include_bad=include_bad, losses=losses):
+        item: dict[int | str, Any] = {}
+        for label, value in rec.items():
+            # §6: vd is a byte string in CBOR, not base64
+            item[_CBOR_LABELS.get(label, label)] = base64.urlsafe_b64decode(
+                value + "=" * (-len(value) % 4)) if label == "vd" else value
+        out.append(item)
+    return cbor2.dumps(out)
