@@ -368,7 +368,7 @@ class Gateway:
 
     def _preflight(self) -> None:
         """First boot (seed file), then refuse to run with keys others can read or own."""
-        from provisioning import load_identity, preflight  # noqa: PLC0415
+        from gateway.startup import startup_problems  # noqa: PLC0415
 
         g = self.cfg.gateway
         state = Path(g.state_dir)
@@ -380,23 +380,11 @@ class Gateway:
             boot = first_boot(state, Path(g.seed_file))
             for message in boot.messages:
                 _log.warning("first boot: %s", message)
-        problems = preflight(state)
-        tls = self.cfg.uplink.tls
-        if tls.enabled and not tls.provisioned and tls.key_file:
-            from provisioning.keys import check_key_file  # noqa: PLC0415
-
-            try:
-                check_key_file(g.path(tls.key_file))
-            except (KeyPermissionError, FileNotFoundError) as exc:
-                problems.append(str(exc).replace("signing key", "TLS key", 1))
+        # The same checks as `streetgate check` (gateway/startup.py): secret files others can
+        # read, TLS files missing, a gateway.id that is not the provisioned one.
+        problems = startup_problems(self.cfg, certificate=False)
         if problems:
             raise KeyPermissionError("\n".join(problems))
-        with contextlib.suppress(ConfigError):
-            ident = load_identity(state)
-            if ident.gateway_id != g.id:
-                msg = (f"gateway.id is {g.id!r} but this gateway was provisioned as "
-                       f"{ident.gateway_id!r}; the broker would refuse its topics")
-                raise KeyPermissionError(msg)
 
     def _open_store(self) -> Store:
         b = self.cfg.buffer

@@ -16,11 +16,16 @@ if TYPE_CHECKING:
 __all__ = ["startup_problems"]
 
 
-def startup_problems(cfg: Config) -> list[str]:
-    """One sentence per problem, each naming the file and the fix."""
+def startup_problems(cfg: Config, *, certificate: bool = True) -> list[str]:
+    """One sentence per problem, each naming the file and the fix.
+
+    ``certificate``: also say when ``uplink.tls.provisioned`` has no certificate yet (the
+    daemon itself starts anyway, and its uplink waits for the enrollment).
+    """
     state = Path(cfg.gateway.state_dir)
     try:
-        problems = _secrets(cfg, state) + _tls(cfg, state) + _identity(cfg, state)
+        problems = (_secrets(cfg, state) + _tls(cfg, state, certificate=certificate)
+                    + _identity(cfg, state))
     except PermissionError as exc:
         return [(f"cannot read {exc.filename or state} as this user, so the files `run` needs "
                  "were not checked: run check as the service's user (or root), or give "
@@ -44,12 +49,12 @@ def _secrets(cfg: Config, state: Path) -> list[str]:
     return problems
 
 
-def _tls(cfg: Config, state: Path) -> list[str]:
+def _tls(cfg: Config, state: Path, *, certificate: bool) -> list[str]:
     tls = cfg.uplink.tls
     if not tls.enabled:
         return []
     if tls.provisioned:
-        return _provisioned_tls(cfg, state)
+        return _provisioned_tls(cfg, state) if certificate else []
     problems = []
     for key in ("ca_file", "cert_file", "key_file"):
         name = getattr(tls, key)

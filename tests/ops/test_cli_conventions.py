@@ -89,6 +89,15 @@ def test_gateway_id_mismatch_carries_the_error_priority(tmp_path: Path) -> None:
                       "provisioned as 'cab-9'; the broker would refuse its topics")]
 
 
+def test_run_names_a_missing_tls_file_instead_of_a_network_error(tmp_path: Path) -> None:
+    ca = tmp_path / "no-such-ca.crt"
+    conf = _config(tmp_path, f'[uplink.tls]\nenabled = true\nca_file = "{ca}"\n')
+    _state(tmp_path)
+    code, lines = _under_journal(tmp_path, "run", "--config", str(conf))
+    assert code == 1
+    assert lines == [f"<3>streetgate: cannot start: uplink.tls.ca_file: no such file: {ca}"]
+
+
 def test_usage_errors_carry_the_error_priority(tmp_path: Path) -> None:
     code, lines = _under_journal(tmp_path, "run", "--no-such-option")
     assert code == 2
