@@ -25,8 +25,10 @@ MAX_REASON = 64
 K_VERSION, K_GATEWAY, K_EPOCH, K_BATCH_SEQ, K_FIRST_SEQ, K_LAST_SEQ, K_T0, K_SERIES, K_GAPS = (
     range(9))
 K_LOSSES = 11
+#: Report by exception: readings held back as unchanged (gateway/report.py).
+K_UNCHANGED = 13
 #: Keys this module decodes itself; ``extra`` may not use them (key 9 is an extension).
-CORE_KEYS = frozenset([*range(9), K_LOSSES])
+CORE_KEYS = frozenset([*range(9), K_LOSSES, K_UNCHANGED])
 # Value column kinds and series option keys.
 PLAIN, INT_DELTA, DECIMAL = 0, 1, 2
 OPT_QUALITY, OPT_BAD_VALUES = 0, 1
@@ -35,6 +37,24 @@ VALUE_TYPES = frozenset({bool, int, float, str, bytes, type(None)})
 POW10 = [10**k for k in range(MAX_DECIMALS + 1)]
 QUALITIES = {int(q): q for q in Quality if q}
 GOOD = Quality.GOOD
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """``count`` readings of ``point`` from ``first_ts`` to ``last_ts`` were not sent: within
+    the deadband of the one sent before them. ``max_silence_ms``: the point's heartbeat; no
+    reading and no such record for longer than that means the point went silent."""
+
+    point: str
+    unit: str | None
+    count: int
+    first_ts: int
+    last_ts: int
+    max_silence_ms: int
+
+    def item(self) -> list[Any]:
+        return [self.point, self.unit, self.count, self.first_ts, self.last_ts,
+                self.max_silence_ms]
 
 
 class BatchFormatError(ValueError):
@@ -58,6 +78,8 @@ class Batch:
     extra: dict[int, Any]
     #: Readings lost to storage or a stop, possibly of an earlier epoch (key 11); ``key`` is 0.
     losses: list[Loss] = field(default_factory=list)
+    #: Readings held back as unchanged (key 13).
+    unchanged: list[Unchanged] = field(default_factory=list)
 
     def rows(self) -> list[Row]:
         """The readings as buffer rows ``(seq, point, unit, ts, value, quality)``."""
@@ -291,6 +313,25 @@ def _losses(doc: dict[Any, Any]) -> list[Loss]:
     return [loss(j, item) for j, item in enumerate(items)]
 
 
+def _unchanged(doc: dict[Any, Any]) -> list[Unchanged]:
+    out = []
+    for j, item in enumerate(_list(doc.get(K_UNCHANGED, []), "unchanged (key 13)")):
+        p = f"unchanged[{j}]"
+        if type(item) is not list or len(item) != 6:
+            fail(p, "[point, unit, count, first_ts, last_ts, max_silence_ms]", item)
+        point, unit, count, first_ts, last_ts, silence = item
+        if type(point) is not str or not point:
+            fail(f"{p}.point", "a non-empty text string", point)
+        if unit is not None and type(unit) is not str:
+            fail(f"{p}.unit", "a text string or null", unit)
+        count, silence = _uint(count, f"{p}.count"), _uint(silence, f"{p}.max_silence_ms")
+        first_ts, last_ts = _int(first_ts, f"{p}.first_ts"), _int(last_ts, f"{p}.last_ts")
+        if count < 1 or last_ts < first_ts:
+            fail(p, "count >= 1 and last_ts >= first_ts", item)
+        out.append(Unchanged(point, unit, count, first_ts, last_ts, silence))
+    return out
+
+
 def _header(doc: Any) -> tuple[str, int, int, list[Any], list[Any]]:
     if type(doc) is not dict:
         fail("top level", "a map", doc)
@@ -334,4 +375,4 @@ def decode(doc: Any) -> Batch:
         gap_list = []
     extra = {k: v for k, v in doc.items() if k not in CORE_KEYS}
     return Batch(FORMAT_VERSION, gateway_id, epoch, batch_seq, first, last, readings, gap_list,
-                 extra, _losses(doc))
+                 extra, _losses(doc), _unchanged(doc))

@@ -28,6 +28,7 @@ from gateway._wire import (
     K_LOSSES,
     K_SERIES,
     K_T0,
+    K_UNCHANGED,
     K_VERSION,
     MAX_LOSSES,
     MAX_READINGS,
@@ -37,6 +38,7 @@ from gateway._wire import (
     UINT_END,
     Batch,
     BatchFormatError,
+    Unchanged,
     decode,
 )
 from gateway.cose import strict_loads
@@ -296,6 +298,7 @@ def _loss_item(loss: Loss) -> list[Any]:
 
 def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[Row],
                  gaps: Sequence[Gap] = (), losses: Sequence[Loss] = (),
+                 unchanged: Sequence[Unchanged] = (),
                  extra: Mapping[int, Any] | None = None) -> bytes:
     """The CBOR payload for ``rows``, ``gaps`` and ``losses`` (docs/wire-format.md).
 
@@ -320,6 +323,8 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
                         bool(g.points_truncated)] for g in gaps]
     if loss_items:
         doc[K_LOSSES] = loss_items
+    if unchanged:
+        doc[K_UNCHANGED] = [u.item() for u in unchanged]
     doc.update(extra or {})
     # Canonical mode writes each float in its shortest exact form (RFC 8949 §4.1).
     return cbor2.dumps(doc, canonical=True, default=write_raw)

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DriverInstance",
     "GatewayConfig",
+    "ReportRule",
     "TlsConfig",
     "UplinkConfig",
     "WritableConfig",
@@ -166,6 +167,27 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportRule:
+    """Report by exception for the points matching ``points`` (gateway/report.py)."""
+
+    points: str = option(doc='point-name pattern, e.g. "bus-1/meter-*/*" (fnmatch; first '
+                         "matching rule wins)")
+    deadband: float = option(0.0, minimum=0, doc="send when the value moved by more than this")
+    deadband_percent: float = option(0.0, minimum=0, maximum=1000,
+                                     doc="or by more than this percent of the last sent value")
+    min_interval: Duration = option(Duration(0.0), minimum=0, maximum=86400,
+                                    doc="never send a point more often than this")
+    max_silence: Duration = option(Duration(300.0), minimum=0.05, maximum=7 * 86400,
+                                   doc="send anyway after this long (a heartbeat)")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.min_interval > self.max_silence:
+            why = f"expected at most max_silence ({self.max_silence}); got {self.min_interval}"
+            return [("min_interval", why)]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True)
 class DriverInstance:
     driver: str
     instance: str
@@ -180,6 +202,7 @@ class Config:
     uplink: UplinkConfig
     drivers: list[DriverInstance]
     commands: CommandsConfig = dataclasses.field(default_factory=CommandsConfig)
+    report: list[ReportRule] = dataclasses.field(default_factory=list)
 
     def client_id(self) -> str:
         return self.uplink.client_id or f"streetgate-{self.gateway.id}"
@@ -191,6 +214,7 @@ class _Core:
     buffer: BufferConfig = option(factory=BufferConfig)
     uplink: UplinkConfig = option(factory=UplinkConfig)
     commands: CommandsConfig = option(factory=CommandsConfig)
+    report: list[ReportRule] = option(factory=list)
     drivers: dict[str, list[dict[str, Any]]] = option(factory=dict)
 
 
@@ -246,7 +270,7 @@ def parse_config(raw: dict[str, Any], *, file: str, registry: Registry | None = 
     if issues or core is None:
         raise ConfigError(file, issues)
     return Config(file=file, gateway=core.gateway, buffer=core.buffer, uplink=core.uplink,
-                  drivers=drivers, commands=core.commands)
+                  drivers=drivers, commands=core.commands, report=core.report)
 
 
 def _load_drivers(section: Any, file: str, registry: Registry,
@@ -336,6 +360,8 @@ def resolved(cfg: Config, *, mask: bool = True) -> dict[str, Any]:
     }
     if cfg.commands != CommandsConfig():
         out["commands"] = dump(cfg.commands, mask=mask)
+    if cfg.report:
+        out["report"] = [dump(r, mask=mask) for r in cfg.report]
     drivers: dict[str, list[dict[str, Any]]] = {}
     for d in cfg.drivers:
         table = {"instance": d.instance, **dump(d.config, mask=mask)}

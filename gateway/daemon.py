@@ -21,6 +21,7 @@ from buffer.types import Row
 from drivers.api import Backoff, Driver, DriverContext, HealthBoard, Quality, Reading
 from drivers.registry import Registry, load_registry
 from gateway import __version__
+from gateway._wire import Unchanged
 from gateway.batch import encode_batch
 from gateway.clock import K_CLOCK, ClockTracker, boot_id
 from gateway.command import K_RESULTS
@@ -29,6 +30,7 @@ from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
 from gateway.logs import flush_suppressed
 from gateway.notify import Liveness, Notifier, uplink_probe, watchdog_loop, worker_probe
+from gateway.report import ReportFilter
 from gateway.status import (
     StatusReporter,
     build_status,
@@ -77,6 +79,9 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.drivers: dict[str, tuple[Driver[Any], HealthBoard]] = {}
         self.commander: Commander | None = None
+        #: Report by exception ([[report]] rules); empty: every reading is sent.
+        self.report = ReportFilter(cfg.report)
+        self._riding_unchanged: list[Unchanged] = []
         #: The config file's path, for config sent by command (set by ``streetgate run``).
         self.config_path: str | Path | None = None
         self._results_flying: set[str] = set()
@@ -114,6 +119,12 @@ class Gateway:
         batch = readings if isinstance(readings, list) else list(readings)
         if not batch or self.store is None:
             return
+        if self.report:
+            # Held-back readings are "unchanged", not produced: they take no seq.
+            batch = self.report.filter(batch)
+            self.counters["unchanged"] = self.report.held
+            if not batch:
+                return
         self.store.append(batch)
         self.counters["produced"] += len(batch)
         if self.store.pending() >= self.cfg.buffer.commit_rows:
@@ -130,6 +141,14 @@ class Gateway:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.report and self.store is not None:
+            # Each point's last held-back reading goes out: the platform ends on what the
+            # devices last said, and the "unchanged" records before it ride along.
+            last = self.report.flush()
+            if last:
+                self.store.append(last)
+                self.counters["produced"] += len(last)
+                self.counters["unchanged"] = self.report.held
         self._commit_now.set()
 
     async def buffer_stats(self) -> Any:
@@ -270,6 +289,8 @@ class Gateway:
                 self._start_driver(d)
                 _log.info("reload: started driver %s (%s)", inst, d.driver)
         old_uplink = self.cfg.uplink
+        if new.report != self.cfg.report:
+            self.report = ReportFilter(new.report)  # starts over: each point's next is sent
         self.cfg = dataclasses.replace(new, gateway=self.cfg.gateway, buffer=self.cfg.buffer)
         if new.uplink != old_uplink:
             await self._restart_uplink()
@@ -591,12 +612,14 @@ class Gateway:
         except BaseException:
             # (a batch seq that cannot be reserved, say): the lease must not stay in flight
             self._results_flying.difference_update(self._riding)
+            self.report.put_back(self._riding_unchanged)
             self.store.release(lease)
             raise
 
     def _message(self, lease: Lease, max_payload: int) -> tuple[_InFlight, bytes]:
         rows = lease.rows
         self._riding_results = self._results()
+        self._riding_unchanged = self.report.take_unchanged() if self.report else []
         payload = self._encode(lease, rows)
         if payload is None:
             # Something in these rows cannot be encoded (a float timestamp, an unknown
@@ -614,7 +637,8 @@ class Gateway:
             payload = self._encode(lease, rows) or b""
         # Once encoded, the rows themselves are not needed: ack and release work on the
         # lease's seq span, and a full in-flight window of rows would cost megabytes.
-        slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows), self._riding)
+        slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows), self._riding,
+                         tuple(self._riding_unchanged))
         return slim, sign1(payload, self._key, self._kid)
 
     def _results(self) -> list[bytes]:
@@ -642,12 +666,14 @@ class Gateway:
             return encode_batch(
                 gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
                 batch_seq=self.store.next_batch_seq(), rows=rows, gaps=lease.gaps,
-                losses=lease.losses, extra=extra or None)
+                losses=lease.losses, unchanged=self._riding_unchanged, extra=extra or None)
         except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError is a ValueError
             return None
 
     def _release(self, item: _InFlight) -> None:
         self._results_flying.difference_update(item.results)
+        if item.unchanged:
+            self.report.put_back(item.unchanged)
         if self.store is not None:
             self.store.release(item.lease)
 
@@ -776,6 +802,7 @@ class _InFlight:
     lease: Lease
     count: int
     results: tuple[str, ...] = ()  # ids of the command results the batch carries
+    unchanged: tuple[Unchanged, ...] = ()  # report-by-exception records it carries
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from buffer.types import Gap, Loss
+from gateway._wire import Unchanged
 from gateway.batch import Batch, BatchFormatError, decode_batch
 from gateway.cose import CoseFormatError, SignatureError, UnknownKeyError, open1
 
@@ -179,6 +180,8 @@ class Result:
     #: received_ms minus the newest new reading's timestamp, when both are known.
     lag_ms: int | None = None
     extra: dict[int, Any] = field(default_factory=dict)
+    #: Readings the gateway held back as unchanged (report by exception, key 13).
+    unchanged: list[Unchanged] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -295,7 +298,7 @@ class Verifier:
                if received_ms is not None and new else None)
         return Result("ok", readings=new, duplicates=dupes, gaps=new_gaps, losses=new_losses,
                       missing=stream.missing(), out_of_order=late, lag_ms=lag,
-                      extra=batch.extra, **info)
+                      extra=batch.extra, unchanged=batch.unchanged, **info)
 
     def _new_losses(self, batch: Batch) -> list[Loss]:
         """The batch's loss records not reported before (each once, whatever its epoch)."""

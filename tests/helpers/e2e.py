@@ -34,6 +34,7 @@ class E2EResult:
     statuses: list[str] = field(default_factory=list)
     duplicates: int = 0
     gaps: list[Any] = field(default_factory=list)
+    unchanged: list[Any] = field(default_factory=list)
     gateway: Gateway | None = None
     health: dict[str, Any] = field(default_factory=dict)
 
@@ -51,7 +52,10 @@ def gateway_config(state_dir: Path, port: int, drivers: dict[str, list[dict[str,
         "drivers": drivers,
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # an array of tables ([[report]])
+            raw[name] = values
+        else:
+            raw.setdefault(name, {}).update(values)
     return parse_config(raw, file="test.toml")
 
 
@@ -79,6 +83,7 @@ class Run:
             self.result.statuses.append(res.status)
             self.result.duplicates += res.duplicates
             self.result.gaps.extend(res.gaps)
+            self.result.unchanged.extend(res.unchanged)
             for seq, reading in res.readings:
                 self.result.seqs.append(seq)
                 self.result.readings.append(reading)
