@@ -55,6 +55,8 @@ def register(sub: Any) -> None:
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.add_argument("--modbus", action="store_true", help="also bench the Modbus driver")
+    p.add_argument("--report", action="store_true",
+                   help="only: wire and disk bytes saved by report by exception")
     p.set_defaults(func=cmd_bench)
 
 
@@ -99,7 +101,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from gateway.bench import run_bench  # noqa: PLC0415
 
     t0 = time.monotonic()
-    result = run_bench(readings=args.readings, points=args.points, modbus=args.modbus)
+    if args.report:
+        from gateway._bench_report import report_savings  # noqa: PLC0415
+
+        result = report_savings()
+    else:
+        result = run_bench(readings=args.readings, points=args.points, modbus=args.modbus)
     if args.json:
         print(json.dumps(result))
     else:

@@ -31,7 +31,7 @@ K_UNCHANGED = 13
 CORE_KEYS = frozenset([*range(9), K_LOSSES, K_UNCHANGED])
 # Value column kinds and series option keys.
 PLAIN, INT_DELTA, DECIMAL = 0, 1, 2
-OPT_QUALITY, OPT_BAD_VALUES = 0, 1
+OPT_QUALITY, OPT_BAD_VALUES, OPT_HEARTBEAT = 0, 1, 2
 UINT_END = 1 << 64
 VALUE_TYPES = frozenset({bool, int, float, str, bytes, type(None)})
 POW10 = [10**k for k in range(MAX_DECIMALS + 1)]
@@ -41,20 +41,17 @@ GOOD = Quality.GOOD
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
-    """``count`` readings of ``point`` from ``first_ts`` to ``last_ts`` were not sent: within
-    the deadband of the one sent before them. ``max_silence_ms``: the point's heartbeat; no
-    reading and no such record for longer than that means the point went silent."""
+    """``count`` readings from ``first_ts`` to ``last_ts`` were held back as unchanged (report
+    by exception): each within the deadband of the last one its point sent. A point under a
+    rule says its heartbeat in its series (option 2); no reading of it for longer than that
+    means it went silent."""
 
-    point: str
-    unit: str | None
     count: int
     first_ts: int
     last_ts: int
-    max_silence_ms: int
 
-    def item(self) -> list[Any]:
-        return [self.point, self.unit, self.count, self.first_ts, self.last_ts,
-                self.max_silence_ms]
+    def item(self) -> list[int]:
+        return [self.count, self.first_ts, self.last_ts]
 
 
 class BatchFormatError(ValueError):
@@ -78,8 +75,10 @@ class Batch:
     extra: dict[int, Any]
     #: Readings lost to storage or a stop, possibly of an earlier epoch (key 11); ``key`` is 0.
     losses: list[Loss] = field(default_factory=list)
-    #: Readings held back as unchanged (key 13).
-    unchanged: list[Unchanged] = field(default_factory=list)
+    #: Readings held back as unchanged (key 13), when any were.
+    unchanged: Unchanged | None = None
+    #: Points under report by exception and their heartbeat in ms (series option 2).
+    heartbeats: dict[str, int] = field(default_factory=dict)
 
     def rows(self) -> list[Row]:
         """The readings as buffer rows ``(seq, point, unit, ts, value, quality)``."""
@@ -192,6 +191,7 @@ class _Decoder:
         self.ts_cols: list[list[int]] = []
         self.prev_first = first_seq
         self.count = 0
+        self.heartbeats: dict[str, int] = {}
 
     def string(self, v: Any, path: str) -> str:
         if type(v) is str:
@@ -255,6 +255,8 @@ class _Decoder:
             return [(s, Reading(point, t, v, GOOD, unit))
                     for s, t, v in zip(seqs, tss, good, strict=True)]
         codes, bad = self.options(item[5], n, f"{path}.options")
+        if OPT_HEARTBEAT in item[5]:
+            self.heartbeats[point] = _uint(item[5][OPT_HEARTBEAT], f"{path}.options.2")
         good_it = iter(values(item[4], n - len(bad), f"{path}.values"))
         bad_it = iter(bad)
         return [(s, Reading(point, t, next(bad_it), QUALITIES[c], unit) if c
@@ -313,23 +315,17 @@ def _losses(doc: dict[Any, Any]) -> list[Loss]:
     return [loss(j, item) for j, item in enumerate(items)]
 
 
-def _unchanged(doc: dict[Any, Any]) -> list[Unchanged]:
-    out = []
-    for j, item in enumerate(_list(doc.get(K_UNCHANGED, []), "unchanged (key 13)")):
-        p = f"unchanged[{j}]"
-        if type(item) is not list or len(item) != 6:
-            fail(p, "[point, unit, count, first_ts, last_ts, max_silence_ms]", item)
-        point, unit, count, first_ts, last_ts, silence = item
-        if type(point) is not str or not point:
-            fail(f"{p}.point", "a non-empty text string", point)
-        if unit is not None and type(unit) is not str:
-            fail(f"{p}.unit", "a text string or null", unit)
-        count, silence = _uint(count, f"{p}.count"), _uint(silence, f"{p}.max_silence_ms")
-        first_ts, last_ts = _int(first_ts, f"{p}.first_ts"), _int(last_ts, f"{p}.last_ts")
-        if count < 1 or last_ts < first_ts:
-            fail(p, "count >= 1 and last_ts >= first_ts", item)
-        out.append(Unchanged(point, unit, count, first_ts, last_ts, silence))
-    return out
+def _unchanged(doc: dict[Any, Any]) -> Unchanged | None:
+    if K_UNCHANGED not in doc:
+        return None
+    item = _list(doc[K_UNCHANGED], "unchanged (key 13)")
+    if len(item) != 3:
+        fail("unchanged (key 13)", "[count, first_ts, last_ts]", item)
+    count = _uint(item[0], "unchanged.count")
+    first_ts, last_ts = _int(item[1], "unchanged.first_ts"), _int(item[2], "unchanged.last_ts")
+    if count < 1 or last_ts < first_ts:
+        fail("unchanged (key 13)", "count >= 1 and last_ts >= first_ts", item)
+    return Unchanged(count, first_ts, last_ts)
 
 
 def _header(doc: Any) -> tuple[str, int, int, list[Any], list[Any]]:
@@ -375,4 +371,4 @@ def decode(doc: Any) -> Batch:
         gap_list = []
     extra = {k: v for k, v in doc.items() if k not in CORE_KEYS}
     return Batch(FORMAT_VERSION, gateway_id, epoch, batch_seq, first, last, readings, gap_list,
-                 extra, _losses(doc), _unchanged(doc))
+                 extra, _losses(doc), _unchanged(doc), dec.heartbeats if series else {})

@@ -34,6 +34,7 @@ from gateway._wire import (
     MAX_READINGS,
     MAX_REASON,
     OPT_BAD_VALUES,
+    OPT_HEARTBEAT,
     OPT_QUALITY,
     UINT_END,
     Batch,
@@ -96,7 +97,7 @@ class _Encoder:
         self.series: list[list[Any]] = []
 
     def add(self, name: _Name, seqs: Sequence[int], tss: list[int], values: list[Value],
-            quals: list[int] | None, *, step: int | None) -> None:
+            quals: list[int] | None, *, step: int | None, heartbeat: int | None = None) -> None:
         """One series, seqs ascending; ``step``: the delta between all its seqs, when known."""
         seq_items = rle(list(map(sub, seqs[1:], seqs[:-1]))) if step is None else steps(
             len(seqs) - 1, step)
@@ -108,9 +109,13 @@ class _Encoder:
             options: dict[int, Any] = {OPT_QUALITY: runs}
             if any(v is not None for v in bad):
                 options[OPT_BAD_VALUES] = plain_items(bad)
+            if heartbeat is not None:
+                options[OPT_HEARTBEAT] = heartbeat
             item.append(options)
         else:
             item.append(value_column(values))
+            if heartbeat is not None:
+                item.append({OPT_HEARTBEAT: heartbeat})
         self.series.append(item)
 
     def _ts(self, tss: list[int]) -> int | list[Any]:
@@ -260,20 +265,24 @@ class _Table:
                 idx.sort(key=self.seqs.__getitem__)
         self.groups = list(groups.items())
 
-    def series(self, first_seq: int) -> tuple[int, list[list[Any]]]:
-        """``(t0, the series array)``."""
+    def series(self, first_seq: int, heartbeats: Mapping[str, int] | None = None,
+               ) -> tuple[int, list[list[Any]]]:
+        """``(t0, the series array)``; ``heartbeats``: point -> ms (series option 2)."""
         t0 = min(self.ts)
         encoder = _Encoder(first_seq, t0)
         seqs, ts, values, quals = self.seqs, self.ts, self.values, self.quals
         names = _names(tuple(key for key, _ in self.groups))
-        for name, (_key, pick) in zip(names, self.groups, strict=True):
+        beat = (heartbeats or {}).get
+        for name, (key, pick) in zip(names, self.groups, strict=True):
             if isinstance(pick, slice):
                 encoder.add(name, seqs[pick], ts[pick], values[pick],
-                            None if quals is None else quals[pick], step=self.step)
+                            None if quals is None else quals[pick], step=self.step,
+                            heartbeat=beat(key[0]))
             else:
                 take = itemgetter(*pick) if len(pick) > 1 else lambda c, i=pick[0]: (c[i],)
                 encoder.add(name, list(take(seqs)), list(take(ts)), list(take(values)),
-                            None if quals is None else list(take(quals)), step=None)
+                            None if quals is None else list(take(quals)), step=None,
+                            heartbeat=beat(key[0]))
         return t0, encoder.series
 
 
@@ -298,7 +307,8 @@ def _loss_item(loss: Loss) -> list[Any]:
 
 def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[Row],
                  gaps: Sequence[Gap] = (), losses: Sequence[Loss] = (),
-                 unchanged: Sequence[Unchanged] = (),
+                 unchanged: Unchanged | None = None,
+                 heartbeats: Mapping[str, int] | None = None,
                  extra: Mapping[int, Any] | None = None) -> bytes:
     """The CBOR payload for ``rows``, ``gaps`` and ``losses`` (docs/wire-format.md).
 
@@ -317,14 +327,14 @@ def encode_batch(*, gateway_id: str, epoch: int, batch_seq: int, rows: Sequence[
         table = _Table.of(rows)
         doc[K_FIRST_SEQ], doc[K_LAST_SEQ] = _seq_range(table.seqs, table.ascending, gaps)
         if rows:
-            doc[K_T0], doc[K_SERIES] = table.series(doc[K_FIRST_SEQ])
+            doc[K_T0], doc[K_SERIES] = table.series(doc[K_FIRST_SEQ], heartbeats)
     if gaps:
         doc[K_GAPS] = [[g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts, list(g.points),
                         bool(g.points_truncated)] for g in gaps]
     if loss_items:
         doc[K_LOSSES] = loss_items
-    if unchanged:
-        doc[K_UNCHANGED] = [u.item() for u in unchanged]
+    if unchanged is not None:
+        doc[K_UNCHANGED] = unchanged.item()
     doc.update(extra or {})
     # Canonical mode writes each float in its shortest exact form (RFC 8949 §4.1).
     return cbor2.dumps(doc, canonical=True, default=write_raw)

@@ -81,7 +81,7 @@ class Gateway:
         self.commander: Commander | None = None
         #: Report by exception ([[report]] rules); empty: every reading is sent.
         self.report = ReportFilter(cfg.report)
-        self._riding_unchanged: list[Unchanged] = []
+        self._riding_unchanged: Unchanged | None = None
         #: The config file's path, for config sent by command (set by ``streetgate run``).
         self.config_path: str | Path | None = None
         self._results_flying: set[str] = set()
@@ -619,7 +619,7 @@ class Gateway:
     def _message(self, lease: Lease, max_payload: int) -> tuple[_InFlight, bytes]:
         rows = lease.rows
         self._riding_results = self._results()
-        self._riding_unchanged = self.report.take_unchanged() if self.report else []
+        self._riding_unchanged = self.report.take_unchanged() if self.report else None
         payload = self._encode(lease, rows)
         if payload is None:
             # Something in these rows cannot be encoded (a float timestamp, an unknown
@@ -638,7 +638,7 @@ class Gateway:
         # Once encoded, the rows themselves are not needed: ack and release work on the
         # lease's seq span, and a full in-flight window of rows would cost megabytes.
         slim = _InFlight(dataclasses.replace(lease, rows=[]), len(lease.rows), self._riding,
-                         tuple(self._riding_unchanged))
+                         self._riding_unchanged)
         return slim, sign1(payload, self._key, self._kid)
 
     def _results(self) -> list[bytes]:
@@ -666,13 +666,15 @@ class Gateway:
             return encode_batch(
                 gateway_id=self.cfg.gateway.id, epoch=self.store.epoch,
                 batch_seq=self.store.next_batch_seq(), rows=rows, gaps=lease.gaps,
-                losses=lease.losses, unchanged=self._riding_unchanged, extra=extra or None)
+                losses=lease.losses, unchanged=self._riding_unchanged,
+                heartbeats=self.report.heartbeats() if self.report else None,
+                extra=extra or None)
         except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError is a ValueError
             return None
 
     def _release(self, item: _InFlight) -> None:
         self._results_flying.difference_update(item.results)
-        if item.unchanged:
+        if item.unchanged is not None:
             self.report.put_back(item.unchanged)
         if self.store is not None:
             self.store.release(item.lease)
@@ -802,7 +804,7 @@ class _InFlight:
     lease: Lease
     count: int
     results: tuple[str, ...] = ()  # ids of the command results the batch carries
-    unchanged: tuple[Unchanged, ...] = ()  # report-by-exception records it carries
+    unchanged: Unchanged | None = None  # the readings held back it reports
 
 
 class _Stopped(Exception):  # noqa: N818 - internal signal to leave the TaskGroup

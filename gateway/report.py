@@ -11,9 +11,10 @@ first) says when a reading is worth sending:
 - and in every case no sooner than ``min_interval`` after the last one sent.
 
 Readings held back take no sequence number: they are not lost, they are "unchanged". Each
-batch says so per point (key 13, docs/wire-format.md): how many readings were held back, over
-which time, and the point's heartbeat, so the platform can tell a point that did not change
-from one that went silent (no reading and no "unchanged" within its ``max_silence``).
+batch says how many were held back since the one before and over which time (key 13), and
+each series of a point under a rule carries the point's heartbeat (series option 2,
+docs/wire-format.md), so the platform can tell a point that did not change from one that went
+silent: no reading of it for longer than its heartbeat.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class ReportFilter:
         self.rules = list(rules)
         self._points: dict[str, _State] = {}
         self._units: dict[str, str | None] = {}
+        self._beats: dict[str, int] = {}
+        self._returned: Unchanged | None = None
         self._lock = threading.Lock()
         self.held = 0
         self.passed = 0
@@ -69,8 +72,11 @@ class ReportFilter:
         if st is None:
             if len(self._points) >= _MAX_POINTS:
                 self._points.clear()  # forgets; the next reading of each point is sent
+                self._beats = {}
             rule = next((r for r in self.rules if fnmatch.fnmatchcase(point, r.points)), None)
             st = self._points[point] = _State(rule)
+            if rule is not None:
+                self._beats = {**self._beats, point: round(rule.max_silence * 1000)}
         return st
 
     def filter(self, readings: list[Reading]) -> list[Reading]:
@@ -123,31 +129,38 @@ class ReportFilter:
         self.passed += len(out)
         return out
 
-    def take_unchanged(self) -> list[Unchanged]:
-        """The held-back counts since the last call, one record per point, and start over."""
-        out = []
-        with self._lock:
-            for point, st in self._points.items():
-                if st.held and st.rule is not None:
-                    out.append(Unchanged(point, self._units.get(point), st.held,
-                                         st.held_first, st.held_last,
-                                         round(st.rule.max_silence * 1000)))
-                    st.held = 0
-        return out
+    def heartbeats(self) -> dict[str, int]:
+        """Point -> heartbeat (ms) of the points under a rule (a new dict when one is added,
+        so a caller may keep the one it got)."""
+        return self._beats
 
-    def put_back(self, records: Sequence[Unchanged]) -> None:
-        """Records whose batch did not go out: counted again with the next ones."""
+    def take_unchanged(self) -> Unchanged | None:
+        """How many readings were held back since the last call, and when; start over."""
+        count, first, last = 0, None, None
         with self._lock:
-            for u in records:
-                st = self._points.get(u.point)
-                if st is None:
-                    continue
+            back, self._returned = self._returned, None
+            if back is not None:
+                count, first, last = back.count, back.first_ts, back.last_ts
+            for st in self._points.values():
                 if st.held:
-                    st.held_first = min(st.held_first, u.first_ts)
-                    st.held_last = max(st.held_last, u.last_ts)
-                else:
-                    st.held_first, st.held_last = u.first_ts, u.last_ts
-                st.held += u.count
+                    count += st.held
+                    first = st.held_first if first is None else min(first, st.held_first)
+                    last = st.held_last if last is None else max(last, st.held_last)
+                    st.held = 0
+                    st.last_held = None  # counted as unchanged now: not sent at stop
+        if not count or first is None or last is None:
+            return None
+        return Unchanged(count, first, last)
+
+    def put_back(self, record: Unchanged | None) -> None:
+        """A record whose batch did not go out: counted again with the next one."""
+        if record is None:
+            return
+        with self._lock:
+            self._returned = (record if self._returned is None else Unchanged(
+                self._returned.count + record.count,
+                min(self._returned.first_ts, record.first_ts),
+                max(self._returned.last_ts, record.last_ts)))
 
 
 def _changed(before: Value, now: Value, rule: ReportRule) -> bool:

@@ -127,10 +127,10 @@ class _VerifyPrinter:
             print(f"{name}: {record}", file=sys.stderr)
         if res.missing:
             print(f"{name}: missing so far: {res.missing}", file=sys.stderr)
-        for u in res.unchanged:
-            print(f"{name}: unchanged: {u.point}: {u.count} reading(s) from ts {u.first_ts} to "
-                  f"{u.last_ts} not sent (within the deadband; heartbeat every "
-                  f"{u.max_silence_ms / 1000:g} s)", file=sys.stderr)
+        if res.unchanged is not None:
+            u = res.unchanged
+            print(f"{name}: unchanged: {u.count} reading(s) from ts {u.first_ts} to "
+                  f"{u.last_ts} held back within their deadbands", file=sys.stderr)
         for first, last, offset in res.extra.get(9, []):
             # Readings stamped before the gateway's clock synced (docs/wire-format.md, key 9).
             known = f"true time = ts {offset:+d} ms" if isinstance(offset, int) and not \

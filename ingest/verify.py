@@ -181,7 +181,9 @@ class Result:
     lag_ms: int | None = None
     extra: dict[int, Any] = field(default_factory=dict)
     #: Readings the gateway held back as unchanged (report by exception, key 13).
-    unchanged: list[Unchanged] = field(default_factory=list)
+    unchanged: Unchanged | None = None
+    #: Points under report by exception in this batch, and their heartbeat in ms.
+    heartbeats: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -298,7 +300,8 @@ class Verifier:
                if received_ms is not None and new else None)
         return Result("ok", readings=new, duplicates=dupes, gaps=new_gaps, losses=new_losses,
                       missing=stream.missing(), out_of_order=late, lag_ms=lag,
-                      extra=batch.extra, unchanged=batch.unchanged, **info)
+                      extra=batch.extra, unchanged=batch.unchanged,
+                      heartbeats=batch.heartbeats, **info)
 
     def _new_losses(self, batch: Batch) -> list[Loss]:
         """The batch's loss records not reported before (each once, whatever its epoch)."""

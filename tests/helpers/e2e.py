@@ -35,6 +35,7 @@ class E2EResult:
     duplicates: int = 0
     gaps: list[Any] = field(default_factory=list)
     unchanged: list[Any] = field(default_factory=list)
+    heartbeats: dict[str, int] = field(default_factory=dict)
     gateway: Gateway | None = None
     health: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +84,9 @@ class Run:
             self.result.statuses.append(res.status)
             self.result.duplicates += res.duplicates
             self.result.gaps.extend(res.gaps)
-            self.result.unchanged.extend(res.unchanged)
+            if res.unchanged is not None:
+                self.result.unchanged.append(res.unchanged)
+            self.result.heartbeats.update(res.heartbeats)
             for seq, reading in res.readings:
                 self.result.seqs.append(seq)
                 self.result.readings.append(reading)
