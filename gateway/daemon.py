@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from buffer.store import DriverState, Lease, Store, StoreError
 from buffer.types import Row
@@ -25,7 +25,6 @@ from gateway._wire import Unchanged
 from gateway.batch import encode_batch
 from gateway.clock import K_CLOCK, ClockTracker, boot_id
 from gateway.command import K_RESULTS
-from gateway.commander import Commander, Hooks
 from gateway.config import Config, ConfigError, DriverInstance, load_config
 from gateway.cose import kid_for, sign1
 from gateway.logs import flush_suppressed
@@ -40,6 +39,9 @@ from gateway.status import (
 )
 from gateway.uplink import TlsFiles, Uplink
 from provisioning.keys import KeyPermissionError, load_or_create_signing_key
+
+if TYPE_CHECKING:
+    from gateway.commander import Commander
 
 __all__ = ["Gateway"]
 
@@ -329,6 +331,8 @@ class Gateway:
         """Commands are taken only when a platform command key is configured."""
         if not self.cfg.commands.keys:
             return
+        from gateway.commander import Commander, Hooks  # noqa: PLC0415 - only when taken
+
         assert self.store is not None  # noqa: S101
         hooks = Hooks(
             gateway_id=self.cfg.gateway.id, state_dir=Path(self.cfg.gateway.state_dir),
