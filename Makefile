@@ -55,6 +55,23 @@ bench: deps
 install: $(STAMP)
 	bash systemd/install.sh
 
+# A Debian package in build/deb/ (debian/, README "Debian package"). It is built from a copy of
+# the files git tracks or would track, so debhelper's output stays out of the work tree.
+.PHONY: deb
+deb:
+	@bash .ci/ensure-deb-tools
+	rm -rf build/deb && mkdir -p build/deb/streetgate
+	git ls-files -z --cached --others --exclude-standard | \
+	  tar --null --files-from=- --ignore-failed-read -cf - | tar -xf - -C build/deb/streetgate
+	cd build/deb/streetgate && dpkg-buildpackage --build=binary --no-sign -j2
+	@ls build/deb/*.deb
+
+# The package built, installed in a throwaway root (and booted under its own systemd), then
+# purged: tests/packaging, the slow part. CI runs it after `make test` (root only).
+.PHONY: test-packaging
+test-packaging: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/packaging
+
 flash-rig: $(STAMP)
 	bash hil_tests/firmware/flash.sh
 
