@@ -87,7 +87,10 @@ class UplinkConfig:
                                     doc="wait this long for a fuller batch")
     max_packet_size: ByteSize = option(ByteSize(256 * 1024), minimum=1024)
     reconnect_min: Duration = option(Duration(1.0), minimum=0.05)
-    reconnect_max: Duration = option(Duration(60.0), minimum=0.1)
+    # Full jitter up to this cap: after an outage the first attempt that finds the broker back
+    # comes within ~reconnect_max + reconnect_min / 2, and a fleet's reconnects spread evenly
+    # over that time (README, "Delivery guarantees").
+    reconnect_max: Duration = option(Duration(4.0), minimum=0.1)
     status_interval: Duration = option(Duration(60.0), minimum=1)
     tls: TlsConfig = option(factory=TlsConfig)
 

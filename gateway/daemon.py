@@ -38,7 +38,12 @@ from gateway.status import (
     write_status_file,
 )
 from gateway.uplink import TlsFiles, Uplink
-from provisioning.keys import KeyPermissionError, load_or_create_signing_key
+from provisioning.keys import (
+    KeyFileError,
+    KeyPermissionError,
+    load_or_create_signing_key,
+    load_signing_key,
+)
 
 if TYPE_CHECKING:
     from gateway.commander import Commander
@@ -261,9 +266,36 @@ class Gateway:
 
     async def reload(self, path: str | Path) -> bool:
         """Re-read the config: drivers added, removed or changed; uplink reconnected if its
-        settings changed. An invalid file is rejected and the running config kept."""
+        settings changed. An invalid file is rejected and the running config kept. The signing
+        key is re-read too, so a key rotated on disk signs from now on."""
         async with self._reload_lock:  # a second SIGHUP waits for the first to finish
+            await self._reload_signing_key()
             return await self._reload(path)
+
+    async def _reload_signing_key(self) -> None:
+        if self._key is None:  # not started yet: run() loads it
+            return
+        g = self.cfg.gateway
+        old = self._kid.hex()
+        try:
+            # On the store's thread, where batches are signed: each is signed by one key.
+            changed = await self._io_call(self._swap_signing_key, g.path(g.signing_key))
+        except (OSError, KeyFileError) as exc:
+            _log.error("reload: signing key not reloaded, still signing with kid %s: %s", old,
+                       exc)
+            return
+        if changed:
+            _log.info("reload: signing key changed: signing with kid %s (was %s)",
+                      self._kid.hex(), old)
+            self.reporter.changed()
+
+    def _swap_signing_key(self, path: Path) -> bool:
+        key = load_signing_key(path)
+        kid = kid_for(key.public_key())
+        if kid == self._kid:
+            return False
+        self._key, self._kid = key, kid
+        return True
 
     async def _reload(self, path: str | Path) -> bool:
         self.notifier.reloading()

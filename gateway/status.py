@@ -295,6 +295,8 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
         lines.append(_clock_line(doc.get("clock", {})))
         lines += _driver_lines(doc.get("drivers", {}), now)
         lines += _command_lines(doc.get("commands"), now)
+        # The kid batches carry now: after `provision rotate --signing` and a reload, the new one.
+        lines.append(f"signing  kid {doc.get('kid') or '?'}")
     return "\n".join(lines) + "\n"
 
 

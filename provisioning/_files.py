@@ -27,10 +27,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def _write(path: Path, data: bytes, mode: int, *, own_dir: bool = False) -> None:
     # Write a temp file created with its final mode (never briefly world-readable), fsync,
     # then rename over the target so a power cut leaves the old or the new file, never half.
-    if mode == 0o600:
+    if own_dir:
         ensure_dir(path.parent, 0o700)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,9 +48,10 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     fsync_dir(path.parent)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write a secret: mode 0600, parent directory 0700."""
-    _write(path, data, 0o600)
+def write_private(path: Path, data: bytes, *, own_dir: bool = True) -> None:
+    """Atomically write a secret: mode 0600, and its parent directory 0700 unless ``own_dir``
+    is false (a directory shared with others, such as ``/etc/mosquitto``, keeps its mode)."""
+    _write(path, data, 0o600, own_dir=own_dir)
 
 
 def write_public(path: Path, data: bytes) -> None:

@@ -1,8 +1,13 @@
-"""``streetgate registrar init-ca | add-claim | sign | revoke | run`` (platform side)."""
+"""``streetgate registrar init-ca | add-claim | sign | add-key | server-cert | revoke | run``
+(platform side)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import ipaddress
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -11,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable
 
 __all__ = ["register_registrar"]
@@ -92,19 +96,95 @@ def cmd_add_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.keys) if getattr(args, "keys", None) else None
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
+    from provisioning.keyring import kid_for, load_public_pem  # noqa: PLC0415
     from provisioning.registrar import Registrar  # noqa: PLC0415
 
-    reg = Registrar(Path(args.dir), cert_days=args.days)
-    cert = reg.sign_offline(args.gateway_id, Path(args.csr).read_bytes())
+    reg = Registrar(Path(args.dir), keys_dir=_keys_dir(args), cert_days=args.days)
+    signing = Path(args.signing_key).read_bytes() if args.signing_key else None
+    cert = reg.sign_offline(args.gateway_id, Path(args.csr).read_bytes(),
+                            signing_key_pem=signing)
     pem = cert.public_bytes(serialization.Encoding.PEM)
+    kid = (f"; signing key {kid_for(load_public_pem(signing))} registered"
+           if signing is not None else "")
     if args.out:
         Path(args.out).write_bytes(pem)
-        _out(f"certificate {cert.serial_number:x} for {args.gateway_id} written to {args.out}")
+        _out(f"certificate {cert.serial_number:x} for {args.gateway_id} written to {args.out}"
+             f"{kid}")
     else:
         sys.stdout.write(pem.decode())
+        if kid:
+            sys.stderr.write(f"streetgate: {kid.removeprefix('; ')}\n")
+    return 0
+
+
+def cmd_add_key(args: argparse.Namespace) -> int:
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    reg = Registrar(Path(args.dir), keys_dir=_keys_dir(args))
+    kid, added = reg.add_signing_key(args.gateway_id, Path(args.key_file).read_bytes())
+    state = "registered" if added else "was already registered"
+    _out(f"signing key {kid} {state} to {args.gateway_id} in {reg.keys_dir}")
+    return 0
+
+
+#: A DNS name for a certificate (RFC 1035 §2.3.1 labels; a leading ``*.`` wildcard allowed).
+_DNS = re.compile(r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                  r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _dns(text: str) -> str:
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is an IP address: give it with --ip")
+    if len(text) > 253 or not _DNS.fullmatch(text):  # RFC 1035 §2.3.4
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS name")
+    return text.rstrip(".")
+
+
+def _host(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return _dns(text)
+
+
+def cmd_server_cert(args: argparse.Namespace) -> int:
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from provisioning._files import write_private, write_public  # noqa: PLC0415
+    from provisioning.certs import key_pem  # noqa: PLC0415
+    from provisioning.registrar import Registrar  # noqa: PLC0415
+
+    out, key_out = Path(args.out), Path(args.key_out)
+    if out.resolve() == key_out.resolve():
+        sys.stderr.write("streetgate: --out and --key-out must be different files\n")
+        return 2
+    key, cert = Registrar(Path(args.dir)).issue_server(
+        args.name, addresses=args.ip, dns_names=args.dns, days=args.days)
+    # The key first: a certificate beside a stale key would break the broker's next start.
+    write_private(key_out, key_pem(key), own_dir=False)
+    write_public(out, cert.public_bytes(serialization.Encoding.PEM))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
+    names += [f"IP:{n}" for n in san.get_values_for_type(x509.IPAddress)]
+    _out(f"server certificate {cert.serial_number:x} for {args.name} ({', '.join(names)}), "
+         f"valid until {cert.not_valid_after_utc:%Y-%m-%d}, written to {out}; key {key_out} "
+         "(0600): the broker must be able to read it (chown it to the broker's user)")
     return 0
 
 
@@ -145,6 +225,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_offline(cmds: argparse._SubParsersAction[argparse.ArgumentParser],
+                      guard: Callable[[Any], Any]) -> None:
+    p = cmds.add_parser("add-key", help="register a gateway's signing public key (offline "
+                        "enrollment or rotation)")
+    p.add_argument("key_file", metavar="KEY.pem", help="the Ed25519 public key (PEM)")
+    p.add_argument("--gateway-id", required=True)
+    p.add_argument("--keys", metavar="DIR", help="signing-key directory (default DIR/keys)")
+    p.set_defaults(func=guard(cmd_add_key))
+    p = cmds.add_parser("server-cert", help="issue the broker's TLS server certificate")
+    p.add_argument("--name", required=True, type=_host, metavar="HOST",
+                   help="the broker's name (CN, and in the subject alternative names)")
+    p.add_argument("--ip", action="append", default=[], type=_ip, metavar="ADDR",
+                   help="an IP address gateways dial (repeatable)")
+    p.add_argument("--dns", action="append", default=[], type=_dns, metavar="NAME",
+                   help="another DNS name gateways dial (repeatable)")
+    p.add_argument("--out", required=True, metavar="FILE", help="certificate (PEM)")
+    p.add_argument("--key-out", required=True, metavar="FILE", help="private key (PEM, 0600)")
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=guard(cmd_server_cert))
+
+
 def register_registrar(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
                        guard: Callable[[Any], Any]) -> None:
     from provisioning.cli import _mqtt_version  # noqa: PLC0415
@@ -171,7 +272,11 @@ def register_registrar(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--gateway-id", required=True)
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--days", type=int, default=365)
+    p.add_argument("--signing-key", metavar="PUB.pem", help="also register the gateway's "
+                   "signing public key (`streetgate key public` on the gateway)")
+    p.add_argument("--keys", metavar="DIR", help="signing-key directory (default DIR/keys)")
     p.set_defaults(func=guard(cmd_sign))
+    _register_offline(cmds, guard)
     p = cmds.add_parser("command-key", help="make (or show) the platform command key")
     p.add_argument("--out", metavar="FILE", help="private key file (default DIR/command.key)")
     p.set_defaults(func=guard(cmd_command_key))

@@ -145,7 +145,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                                      timeout=args.timeout or 30.0, protocol=args.mqtt)
         if result.signing:
             _out(f"signing key rotated: kid {result.signing.old_kid} -> {result.signing.new_kid}"
-                 " (registered); restart the daemon to sign with it")
+                 " (registered); reload the daemon to sign with it (systemctl reload streetgate)")
         if result.certificate:
             _out(f"TLS certificate rotated: serial {result.certificate.serial}, valid until "
                  f"{result.certificate.not_after:%Y-%m-%d}")
@@ -153,7 +153,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     if args.signing:
         rot = rotate.rotate_signing_key(state)
         _out(f"signing key rotated: kid {rot.old_kid} -> {rot.new_kid}; old public key kept at "
-             f"{rot.retired}. Register the new key with the platform:\n{rot.public_pem.decode()}")
+             f"{rot.retired}. Register the new key with the platform (streetgate registrar "
+             "add-key --gateway-id ID KEY.pem), then reload the daemon (systemctl reload "
+             f"streetgate):\n{rot.public_pem.decode()}")
     if args.tls:
         path, _pem = rotate.start_tls_rotation(state)
         _out(f"new TLS key created; send {path} to the CA, then "

@@ -133,14 +133,19 @@ def issue_client_cert(ca: FleetCA, public_key: ec.EllipticCurvePublicKey, gatewa
 
 def issue_server_cert(ca: FleetCA, hosts: Sequence[str] = ("127.0.0.1", "localhost"), *,
                       days: int = 365) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A broker certificate with the given DNS names / IP addresses in its SAN."""
+    """A broker certificate: CN ``hosts[0]``, every host (DNS name or IP address) in its SAN.
+
+    Clients match the address they dial against the SAN only (RFC 6125 §6.4.4, RFC 2818 §3.1:
+    an IP address must be an iPAddress entry, never a DNS name or the CN).
+    """
     key = generate_p256()
     names: list[x509.GeneralName] = []
-    for host in hosts:
+    for host in dict.fromkeys(hosts):
         try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
-            names.append(x509.DNSName(host))
+            name = x509.DNSName(host)
+        names.append(name)
     start = _now() - dt.timedelta(minutes=5)
     cert = (
         _leaf(ca, key.public_key(), _name(hosts[0]), start, start + dt.timedelta(days=days))

@@ -35,6 +35,7 @@ __all__ = [
     "load_or_create_signing_key",
     "load_public_key",
     "load_public_keys",
+    "load_signing_key",
     "parse_public_pem",
     "public_key_pem",
 ]
@@ -185,6 +186,17 @@ def _create(path: Path) -> None:
     finally:
         tmp.unlink()
     fsync_dir(path.parent)
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load the Ed25519 signing key at ``path``; never creates one (a reload must not).
+
+    Raises:
+        FileNotFoundError: no key at ``path``.
+        KeyPermissionError: the file is group/other-accessible or owned by another user.
+        KeyFormatError: the file is not an unencrypted Ed25519 PKCS#8 PEM.
+    """
+    return _parse_private(Path(path), _read_checked(Path(path)))
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -4,7 +4,7 @@ Registrar directory (``--dir``)::
 
     ca.key, ca.crt       the fleet CA (``streetgate registrar init-ca``), key 0600
     claims.json          per gateway: SHA-256 of its claim token, when it was used, its serial
-    issued/<serial>.pem  every certificate issued
+    issued/<serial>.pem  every certificate issued (gateways' and the broker's)
     revoked.json, crl.pem  revoked serials and the CRL the broker loads (``crlfile``)
     keys/                signing public keys by kid (:mod:`provisioning.keyring`)
 
@@ -31,13 +31,21 @@ from cryptography.hazmat.primitives import serialization
 from provisioning import _protocol
 from provisioning._files import ensure_dir, write_private, write_public
 from provisioning.certs import CertificateError, check_csr, spki_fingerprint
-from provisioning.fleetca import Revoked, issue_client_cert, load_ca, make_crl
+from provisioning.fleetca import (
+    Revoked,
+    issue_client_cert,
+    issue_server_cert,
+    load_ca,
+    make_crl,
+)
 from provisioning.identity import GATEWAY_ID_PATTERN, RESERVED_IDS
-from provisioning.keyring import KeyringError, kid_for, load_public_pem, record_key
+from provisioning.keyring import KeyringError, kid_for, load_public_pem, lookup, record_key
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["Registrar", "RegistrarError"]
 
@@ -116,17 +124,46 @@ class Registrar:
                      cert.public_bytes(serialization.Encoding.PEM))
         return cert
 
-    def sign_offline(self, gateway_id: str, csr_pem: bytes) -> x509.Certificate:
-        """``registrar sign``: issue without a token (the operator vouches) and record it."""
+    def sign_offline(self, gateway_id: str, csr_pem: bytes, *,
+                     signing_key_pem: bytes | None = None) -> x509.Certificate:
+        """``registrar sign``: issue without a token (the operator vouches) and record it.
+
+        With ``signing_key_pem`` the gateway's signing public key is registered in the same
+        step; a key registered to another gateway refuses the whole request, before issuing.
+        """
         _check_id(gateway_id)
-        cert = self.issue(gateway_id, csr_pem)
+        try:
+            check_csr(csr_pem, gateway_id)
+        except CertificateError as exc:
+            raise RegistrarError(str(exc)) from None
         with self._locked():
+            kid = (self._record_signing_key(gateway_id, _text(signing_key_pem))
+                   if signing_key_pem is not None else None)
+            cert = self.issue(gateway_id, csr_pem)
             claims = self._claims()
             entry = claims.setdefault(gateway_id, {"token_sha256": None, "created": _now()})
             entry.update(used_at=_now(), serial=f"{cert.serial_number:x}",
                          tls_key=spki_fingerprint(cert.public_key()))
+            if kid is not None:
+                entry["kid"] = kid
             self._save_claims(claims)
         return cert
+
+    def add_signing_key(self, gateway_id: str, pem: bytes) -> tuple[str, bool]:
+        """``registrar add-key``: record a gateway's signing public key (offline enrollment or
+        offline rotation) in the registry online enrollment writes. ``(kid, newly added)``.
+
+        Raises:
+            RegistrarError: an invalid id, not an Ed25519 public key, or a key registered to
+                another gateway.
+        """
+        _check_id(gateway_id)
+        text = _text(pem)
+        with self._locked():
+            known = lookup(self.keys_dir, kid_for(_public(text)))
+            kid = self._record_signing_key(gateway_id, text)
+        _log.info("signing key %s registered to %s", kid, gateway_id)
+        return kid, known is None or known.gateway_id is None
 
     def _record_signing_key(self, gateway_id: str, pem: str) -> str:
         try:
@@ -134,6 +171,17 @@ class Registrar:
                               gateway_id=gateway_id)
         except KeyringError as exc:
             raise RegistrarError(str(exc)) from None
+
+    def issue_server(self, name: str, *, addresses: Sequence[str] = (),
+                     dns_names: Sequence[str] = (), days: int = 365
+                     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The broker's TLS server certificate (CN ``name``; every name and address in its
+        subject alternative names); kept under ``issued/`` like the gateways'."""
+        key, cert = issue_server_cert(self.ca, [name, *dns_names, *addresses], days=days)
+        write_public(self.dir / "issued" / f"{cert.serial_number:x}.pem",
+                     cert.public_bytes(serialization.Encoding.PEM))
+        _log.info("server certificate %x issued for %s", cert.serial_number, name)
+        return key, cert
 
     def handle_claim(self, gateway_id: str, payload: bytes) -> dict[str, Any]:
         """Decide one claim request; return the response message (without nonce)."""
@@ -235,6 +283,20 @@ class Registrar:
         ensure_dir(self.dir)
         write_public(self.dir / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
         return self.dir / "crl.pem"
+
+
+def _text(pem: bytes) -> str:
+    try:
+        return pem.decode("ascii")
+    except UnicodeDecodeError:
+        raise RegistrarError("signing_key: not a PEM public key") from None
+
+
+def _public(pem: str) -> Any:
+    try:
+        return load_public_pem(pem.encode(), source="signing_key")
+    except KeyringError as exc:
+        raise RegistrarError(str(exc)) from None
 
 
 def _check_id(gateway_id: str) -> None:

@@ -3,8 +3,8 @@
 Signing key: the next key is created beside the current one (``signing.next.key``), registered
 (online, optional), then the current public key is kept under ``keys/retired/<kid>.pub.pem`` and
 the next key renamed into place. Batches already sent stay verifiable by their old kid; readings
-still in the buffer are signed with the new key when they are sent (the daemon loads the key at
-start, so restart it after rotating).
+still in the buffer are signed with the new key when they are sent (the daemon re-reads the key
+on reload, SIGHUP, or at its next start).
 
 TLS key: a pending key and CSR wait until their certificate is installed; the current key and
 certificate keep the uplink running meanwhile (:func:`provisioning.install.install_certificate`).
