@@ -42,7 +42,7 @@ from gateway.command import (
     open_command,
     signature_ref,
 )
-from gateway.cose import SignatureError, UnknownKeyError, VerifyError, kid_for, sign1
+from gateway.cose import SignatureError, UnknownKeyError, VerifyError, sign1
 from provisioning.keys import KeyFileError, load_public_keys
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Hooks:
     gateway_id: str
     state_dir: Path
     store: Store
-    key: Ed25519PrivateKey
+    key: Callable[[], tuple[Ed25519PrivateKey, bytes]]  # the signing key in use, and its kid
     config: Callable[[], CommandsConfig]
     drivers: Callable[[], dict[str, Driver[Any]]]
     publish: Callable[[bytes, Callable[[], None]], bool]
@@ -92,7 +92,6 @@ class Commander:
         self.h = hooks
         self._io = io  # runs a blocking call off the loop (the store's executor)
         self.log = CommandLog(hooks.store)
-        self._kid = kid_for(hooks.key.public_key())
         self._keys: dict[bytes, Ed25519PublicKey] = {}
         self._keys_from: tuple[str, ...] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -386,7 +385,8 @@ class Commander:
                             else None, "at": round(time.time())})
 
     def _sign(self, res: Result) -> bytes:
-        return sign1(encode_result(res), self.h.key, self._kid)
+        key, kid = self.h.key()  # the one batches use now (SIGHUP may have rotated it)
+        return sign1(encode_result(res), key, kid)
 
     def _result(self, res: Result, *, store: bool) -> None:
         assert not store  # noqa: S101 - stored results go through _finish

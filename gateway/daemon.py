@@ -368,7 +368,8 @@ class Gateway:
         assert self.store is not None  # noqa: S101
         hooks = Hooks(
             gateway_id=self.cfg.gateway.id, state_dir=Path(self.cfg.gateway.state_dir),
-            store=self.store, key=self._key, config=lambda: self.cfg.commands,
+            store=self.store, key=lambda: (self._key, self._kid),
+            config=lambda: self.cfg.commands,
             drivers=lambda: {inst: d for inst, (d, _h) in self.drivers.items()},
             publish=lambda payload, acked: self.uplink is not None
             and self.uplink.publish_result(payload, acked),
