@@ -23,6 +23,15 @@ def register(sub: Any) -> None:
                         " or any directory of *.pem public keys")
     p.add_argument("--broker", metavar="HOST:PORT", help="subscribe instead of reading files")
     p.add_argument("--topic", default="streetgate/+/batch")
+    # The uplink's TLS and login options, for a TLS, mutual-TLS or password listener.
+    p.add_argument("--ca", metavar="FILE", help="CA of the broker's certificate (enables TLS)")
+    p.add_argument("--cert", metavar="FILE", help="client certificate, for mutual TLS")
+    p.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key "
+                   "(--key names gateway public keys here; default: in the --cert file)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", metavar="FILE")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up connecting and subscribing after this long (default 10)")
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
     p.add_argument("--quiet", action="store_true", help="no SenML, only the summary")
     p.add_argument("--plain-senml", action="store_true",
@@ -43,6 +52,9 @@ def register(sub: Any) -> None:
                    help="seconds the broker is cut midway (default 3 when --seconds >= 12)")
     p.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     p.add_argument("--save-batches", metavar="DIR", type=Path)
+    p.add_argument("--ingest", action="store_true",
+                   help="also store every batch with an ingest worker (SQLite in the demo's "
+                        "directory) and print its completeness report")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("new-driver", help="write a driver package to start from")
@@ -81,20 +93,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = None if args.json else sys.stdout
     try:
         summary = asyncio.run(run_demo(args.seconds, outage=args.outage,
-                                       save_dir=args.save_batches, out=out))
+                                       save_dir=args.save_batches, out=out,
+                                       ingest=args.ingest))
     except BrokerError as exc:
         print(f"streetgate demo: {exc}", file=sys.stderr)
         return 1
     data = summary.as_dict()
+    report = data.pop("ingest", None)
     if args.json:
-        print(json.dumps(data))
+        print(json.dumps(data if report is None else {**data, "ingest": report}))
     else:
         print("\nsummary:")
         for k, v in data.items():
             print(f"  {k:<24} {v}")
         if args.save_batches:
             print(f"  batches and public.pem saved in {args.save_batches}")
-    return 0 if summary.lost == 0 and summary.rejected == 0 else 1
+        if report is not None:
+            _print_completeness(report, summary.produced)
+    complete = report is None or _complete(report, summary.produced)
+    return 0 if summary.lost == 0 and summary.rejected == 0 and complete else 1
+
+
+def _complete(report: dict[str, Any], produced: int) -> bool:
+    """Every reading produced is stored, and no epoch has a hole."""
+    epochs = report["epochs"]
+    return sum(e["received"] for e in epochs) == produced and not any(
+        e["holes"] for e in epochs)
+
+
+def _print_completeness(report: dict[str, Any], produced: int) -> None:
+    print(f"\ningest completeness report for {report['gateway_id']} (SQLite, `streetgate ingest "
+          "query report`):")
+    for e in report["epochs"]:
+        print(f"  epoch {e['epoch']}: received {e['received']} of {produced} produced, "
+              f"{e['batches']} batches, {e['duplicates']} duplicates dropped, holes "
+              f"{e['holes'] or 'none'}, gaps {e['gaps']}, losses {len(e['losses'])}, "
+              f"refused {e['refused'] or 'none'}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

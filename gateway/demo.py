@@ -1,4 +1,5 @@
-"""``streetgate demo``: simulated devices → gateway → private broker → verifying subscriber."""
+"""``streetgate demo``: simulated devices → gateway → private broker → verifying subscriber
+(and with ``ingest=True`` an ingest worker storing into SQLite in the demo's directory)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import queue
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ class DemoSummary:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    #: The ingest's completeness report for the demo gateway (``ingest=True`` only).
+    ingest: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         bpr = self.wire_bytes / self.verified if self.verified else None
@@ -53,7 +57,8 @@ class DemoSummary:
                 "batches": self.batches, "rejected": self.rejected,
                 "wire_bytes_per_reading": round(bpr, 2) if bpr else None,
                 "outage_s": self.outage_s, "seconds": self.seconds,
-                "commands": self.commands}
+                "commands": self.commands,
+                **({"ingest": self.ingest} if self.ingest is not None else {})}
 
 
 def demo_config(state_dir: Path, port: int, *, devices: int = 10,
@@ -124,8 +129,11 @@ class _Receiver:
 
 
 async def run_demo(seconds: float = 20.0, *, outage: float | None = None,
-                   save_dir: Path | None = None, out: TextIO | None = sys.stdout) -> DemoSummary:
-    """Run the whole path for ``seconds``, cut the broker for ``outage`` seconds midway."""
+                   save_dir: Path | None = None, out: TextIO | None = sys.stdout,
+                   ingest: bool = False) -> DemoSummary:
+    """Run the whole path for ``seconds``, cut the broker for ``outage`` seconds midway;
+    ``ingest``: also store every batch with an ingest worker (SQLite in the demo's directory)
+    and put its completeness report in the summary."""
     if outage is None:
         outage = 3.0 if seconds >= 12 else 0.0
     with tempfile.TemporaryDirectory(prefix="streetgate-demo-") as tmp:
@@ -134,13 +142,13 @@ async def run_demo(seconds: float = 20.0, *, outage: float | None = None,
         broker.start()
         try:
             return await _run(work, broker, seconds=seconds, outage=outage,
-                              save_dir=save_dir, out=out)
+                              save_dir=save_dir, out=out, ingest=ingest)
         finally:
             broker.stop()
 
 
 async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
-               save_dir: Path | None, out: TextIO | None) -> DemoSummary:
+               save_dir: Path | None, out: TextIO | None, ingest: bool) -> DemoSummary:
     cfg = demo_config(work / "state", broker.port)
     key = load_or_create_signing_key(cfg.gateway.path(cfg.gateway.signing_key))
     platform = load_or_create_signing_key(work / "platform-command.key")
@@ -156,6 +164,8 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
     sub = BatchSubscriber(broker.host, broker.port, f"{cfg.uplink.topic_prefix}/+/batch",
                           client_id="streetgate-demo-verifier")
     sub.start()
+    store = await asyncio.to_thread(_DemoIngest, work, broker, key.public_key()) if ingest \
+        else None
     gw = Gateway(cfg)
     task = asyncio.create_task(gw.run(), name="streetgate.demo.gateway")
     started = time.monotonic()
@@ -174,6 +184,8 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
         s.delivered = gw.counters["delivered"]
         s.lost = max(0, produced - s.verified)
         s.outage_s = outage
+        if store is not None:
+            s.ingest = await asyncio.to_thread(store.report, produced, 15.0)
         s.seconds = round(time.monotonic() - started, 1)
     finally:
         gw.stop()
@@ -182,7 +194,45 @@ async def _run(work: Path, broker: Mosquitto, *, seconds: float, outage: float,
         with contextlib.suppress(asyncio.CancelledError):
             await pump
         sub.stop()
+        if store is not None:
+            await asyncio.to_thread(store.close)
     return receiver.summary
+
+
+class _DemoIngest:
+    """``streetgate ingest run`` in-process: a worker thread storing into SQLite."""
+
+    def __init__(self, work: Path, broker: Mosquitto, public_key: Any) -> None:
+        from ingest._db import open_database  # noqa: PLC0415
+        from ingest.service import IngestWorker, WorkerOptions  # noqa: PLC0415
+
+        self.db = open_database(f"sqlite:///{work / 'ingest.db'}")
+        # A named session: the broker keeps what arrives during the outage for it.
+        self.worker = IngestWorker(self.db, WorkerOptions(
+            host=broker.host, port=broker.port, client_id="streetgate-demo-ingest"))
+        self.worker.store.add_key(public_key, GATEWAY_ID)
+        self.worker.start()
+        self.thread = threading.Thread(target=self.worker.run, name="streetgate.demo.ingest",
+                                       daemon=True)
+        self.thread.start()
+
+    def report(self, produced: int, timeout: float) -> dict[str, Any]:
+        """The completeness report, once every reading produced is stored (or ``timeout``)."""
+        from ingest.query import completeness  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout
+        report = completeness(self.db, GATEWAY_ID)
+        while sum(e["received"] for e in report["epochs"]) < produced \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+            report = completeness(self.db, GATEWAY_ID)
+        return report
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.thread.join(10)
+        self.worker.close()
+        self.db.close()
 
 
 async def _timeline(broker: Mosquitto, seconds: float, outage: float, rx: _Receiver) -> None:

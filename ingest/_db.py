@@ -96,8 +96,10 @@ class Tx:
         rows = self.all(sql, params)
         return rows[0] if rows else None
 
-    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """PostgreSQL COPY FROM STDIN (binary-safe); executemany elsewhere."""
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+             types: Sequence[str] | None = None) -> None:
+        """PostgreSQL COPY FROM STDIN (binary format when the column ``types`` are given: no
+        text to parse on the server); executemany elsewhere."""
         if not rows:
             return
         if self.dialect != "postgresql":
@@ -105,9 +107,28 @@ class Tx:
             sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - our names
             self.executemany(sql, rows)
             return
-        with self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+        binary = " (FORMAT BINARY)" if types else ""
+        with self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{binary}") as cp:
+            if types:
+                cp.set_types(list(types))
             for row in rows:
                 cp.write_row(row)
+
+
+    def copy_new(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                 types: Sequence[str] | None = None) -> bool:
+        """COPY rows the caller believes new straight into ``table`` (PostgreSQL), in a
+        savepoint: False, and nothing written, when one of them is there already."""
+        if self.dialect != "postgresql" or not rows:
+            return False
+        import psycopg  # noqa: PLC0415
+
+        try:
+            with self.db.connection.transaction():  # a savepoint inside our transaction
+                self.copy(table, columns, rows, types)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
 
 
 class Database:

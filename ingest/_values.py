@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from drivers.api import Value
 
-__all__ = ["VALUE_COLUMNS", "decode_value", "encode_value"]
+__all__ = ["FLOAT", "VALUE_COLUMNS", "decode_value", "encode_value"]
 
 VALUE_COLUMNS = ("quality", "vkind", "vint", "vfloat", "vtext", "vbytes")
 NONE, BOOL, INT, FLOAT, TEXT, BYTES = range(6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,10 +146,14 @@ class _VerifyPrinter:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ingest.subscriber import SubscribeError  # noqa: PLC0415
     from provisioning.keys import KeyFileError  # noqa: PLC0415
 
     try:
         return _verify(args)
+    except SubscribeError as exc:
+        print(f"streetgate verify: cannot subscribe: {exc}", file=sys.stderr)
+        return 1
     except (OSError, KeyFileError, ValueError, KeyError) as exc:
         print(f"streetgate verify: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -160,6 +165,10 @@ def _verify(args: argparse.Namespace) -> int:
     keys, gateways = load_keys(args)
     if not keys:
         print("streetgate verify: give at least one --key or --keys DIR", file=sys.stderr)
+        return 2
+    if args.broker and (args.cert or args.tls_key) and not args.ca:
+        print("streetgate verify: --cert and --tls-key need --ca (the broker's CA)",
+              file=sys.stderr)
         return 2
     verifier = Verifier(keys, gateways=gateways or None)
     if args.state and args.state.exists():
@@ -178,12 +187,50 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if handle.rejected else 0
 
 
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The uplink's kind of context: verify the broker against ``--ca`` (and its name), present
+    ``--cert`` for mutual TLS."""
+    if not args.ca:
+        return None
+    from provisioning._tlserrors import harden  # noqa: PLC0415
+
+    ctx = harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.ca))
+    # TLS 1.2 keeps the broker's verdict on the client certificate inside the handshake, so a
+    # refusal is named at once (provisioning/_tlserrors.py; RFC 8446 §4.4.2).
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if args.cert:
+        ctx.load_cert_chain(args.cert, args.tls_key)
+    return ctx
+
+
+def _hint(args: argparse.Namespace, why: str) -> str:
+    """What to try next, from what was given and what failed."""
+    low = why.lower()
+    if args.ca and not args.cert and ("handshake failure" in low or "certificate required" in low):
+        return "the listener wants a client certificate: give --cert FILE and --tls-key FILE"
+    if "mismatch" in low:
+        return ("the broker's certificate does not name the host in --broker (its subject "
+                "alternative names: `streetgate registrar server-cert --name/--ip/--dns`)")
+    if "verify_failed" in low:
+        return "the broker's certificate does not chain to --ca"
+    if "not authorized" in low or "bad user name" in low:
+        return "check --username and --password-file, and the broker's ACL for --topic"
+    return ""
+
+
 def _verify_broker(args: argparse.Namespace, handle: Any) -> None:
-    from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
+    from ingest.subscriber import BatchSubscriber, SubscribeError  # noqa: PLC0415
 
     host, _, port = args.broker.rpartition(":")
-    sub = BatchSubscriber(host or "127.0.0.1", int(port), args.topic)
-    sub.start()
+    password = Path(args.password_file).read_text().strip() if args.password_file else ""
+    sub = BatchSubscriber(host or "127.0.0.1", int(port), args.topic,
+                          username=args.username or "", password=password,
+                          tls=_tls_context(args))
+    try:
+        sub.start(timeout=args.connect_timeout)
+    except SubscribeError as exc:
+        hint = _hint(args, str(exc))
+        raise SubscribeError(f"{exc}; {hint}" if hint else str(exc)) from exc
     seen = 0
     try:
         while not args.count or seen < args.count:

@@ -76,7 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     qp = qsub.add_parser("report", help="a gateway's completeness, per epoch")
     qp.add_argument("--gateway", required=True)
     qp.set_defaults(func=cmd_report)
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="a simulated fleet against a private broker and database")
+    p.add_argument("--database", default="sqlite",
+                   help="sqlite, postgresql (a private cluster), or both: sqlite,postgresql")
+    p.add_argument("--db", help="an existing database instead (its gateways are bench-*)")
+    p.add_argument("--workers", default="1", help="ingest workers; a list runs each: 1,2")
+    p.add_argument("--gateways", type=int, default=200, help="connected at once")
+    p.add_argument("--keys", type=int, default=1000,
+                   help="gateway keys registered (each gateway signs with its own in turn)")
+    p.add_argument("--rate", type=int, default=20_000, help="readings/s, the whole fleet")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long the fleet sends")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between one gateway's batches")
+    p.add_argument("--storm", choices=["gateways", "broker", "none"], default="gateways",
+                   help="midway, every gateway's connection drops at once (default), or the "
+                        "broker restarts (gateways and workers reconnect)")
+    p.add_argument("--group-size", type=int, default=200, help="messages per transaction")
+    p.add_argument("--drain", type=float, default=60.0,
+                   help="seconds to wait for the rest once the fleet stopped")
+    p.add_argument("--json", action="store_true", help="the results as JSON")
+    p.set_defaults(func=cmd_bench)
 
 
 def _ms(text: str) -> int:
@@ -174,6 +198,41 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     print(json.dumps(completeness(open_database(args.db), args.gateway)))
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ingest.bench import BenchOptions, format_table, run_matrix  # noqa: PLC0415
+
+    databases = [d.strip() for d in args.database.split(",") if d.strip()]
+    if args.db:
+        databases = ["postgresql" if args.db.startswith("postgres") else "sqlite"]
+    if not set(databases) <= {"sqlite", "postgresql"}:
+        raise ValueError(f"--database {args.database!r}: expected sqlite, postgresql or both")
+    if args.gateways < 1 or args.keys < args.gateways or args.rate < 1:
+        raise ValueError("need --gateways >= 1, --keys >= --gateways and --rate >= 1")
+    workers = [int(w) for w in args.workers.split(",")]
+    opts = BenchOptions(db_url=args.db, gateways=args.gateways, keys=args.keys,
+                        rate=args.rate, seconds=args.seconds, interval=args.interval,
+                        storm=args.storm, group_size=args.group_size, drain=args.drain)
+    from gateway.broker import BrokerError  # noqa: PLC0415
+    from ingest._pgcluster import PostgresError  # noqa: PLC0415
+    from ingest.bench import BenchSetupError  # noqa: PLC0415
+
+    results = []
+    try:
+        for database in databases:
+            # SQLite takes one writer at a time: one worker.
+            counts = [1] if database == "sqlite" and not args.db else workers
+            results += run_matrix(opts, [database], counts, say=lambda s: print(
+                f"bench: {s}", file=sys.stderr, flush=True))
+    except (BrokerError, PostgresError, BenchSetupError) as exc:
+        print(f"streetgate ingest bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(format_table(results))
+    return 0 if all(r["exact"] for r in results) else 1
 
 
 def main(argv: list[str]) -> int:

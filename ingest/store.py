@@ -11,20 +11,24 @@ redelivers. Every insert is ``ON CONFLICT DO NOTHING`` besides: writing a batch 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.command import K_RESULTS, CommandFormatError, decode_result
 from gateway.cose import VerifyError, open1
 from ingest._db import RetryableError
+from ingest._values import FLOAT as _FLOAT
 from ingest._values import VALUE_COLUMNS, encode_value
 from ingest.verify import Result, Verifier
 
@@ -41,7 +45,11 @@ __all__ = ["Incoming", "IngestStore", "Outcome"]
 _log = logging.getLogger("streetgate.ingest")
 _K_CLOCK = 9  # batch key 9: clock spans (docs/wire-format.md)
 _READING_COLUMNS = ("gateway_id", "epoch", "seq", "point", "unit", "ts", *VALUE_COLUMNS)
+#: Their PostgreSQL types, for binary COPY (schema.py).
+_READING_TYPES = ("text", "int8", "int8", "text", "text", "int8", "int2", "int2", "int8",
+                  "float8", "text", "bytea")
 _RETRIES = 8
+_isfinite = math.isfinite
 
 
 def _now_ms() -> int:
@@ -78,12 +86,26 @@ class _Keys(Mapping[bytes, Ed25519PublicKey]):
         self._found: dict[bytes, tuple[Ed25519PublicKey, str | None] | None] = {}
         self.gateways = _Bindings(self)
 
+    def prefetch(self, messages: Sequence[Incoming]) -> None:
+        """Look up every kid the group's batches name in one query (else one per kid)."""
+        kids = {k for m in messages if not m.topic.endswith("/cmd/result")
+                for k in [_peek_kid(m.payload)] if k is not None and k not in self._found}
+        ordered = sorted(kids)
+        for i in range(0, len(ordered), 500):
+            chunk = ordered[i:i + 500]
+            rows = self._tx.all("SELECT kid, public_key, gateway_id FROM gateway_keys WHERE "  # noqa: S608 - placeholders only
+                                f"revoked_ms IS NULL AND kid IN ({', '.join('?' * len(chunk))})",
+                                [k.hex() for k in chunk])
+            found = {r[0]: r for r in rows}
+            for kid in chunk:
+                row = found.get(kid.hex())
+                self._found[kid] = None if row is None else (_public_key(bytes(row[1])), row[2])
+
     def entry(self, kid: bytes) -> tuple[Ed25519PublicKey, str | None] | None:
         if kid not in self._found:
             row = self._tx.one("SELECT public_key, gateway_id FROM gateway_keys "
                                "WHERE kid = ? AND revoked_ms IS NULL", (kid.hex(),))
-            self._found[kid] = None if row is None else (
-                Ed25519PublicKey.from_public_bytes(bytes(row[0])), row[1])
+            self._found[kid] = None if row is None else (_public_key(bytes(row[0])), row[1])
         return self._found[kid]
 
     def __getitem__(self, kid: bytes) -> Ed25519PublicKey:
@@ -97,6 +119,21 @@ class _Keys(Mapping[bytes, Ed25519PublicKey]):
 
     def __len__(self) -> int:
         return sum(v is not None for v in self._found.values())
+
+
+@functools.lru_cache(maxsize=65536)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _peek_kid(message: bytes) -> bytes | None:
+    """The kid in a COSE_Sign1's unprotected header, if it looks like one (open1 checks)."""
+    try:
+        item = cbor2.loads(message)
+        kid = item.value[1].get(4)
+    except Exception:  # noqa: BLE001 - anything malformed: open1 says what is wrong
+        return None
+    return kid if isinstance(kid, bytes) else None
 
 
 class _Bindings(Mapping[bytes, str]):
@@ -150,15 +187,19 @@ class IngestStore:
         """Trust ``public_key`` (for ``gateway_id`` alone, when given); returns its kid.
 
         A key revoked before stays revoked."""
+        return self.add_keys([(public_key, gateway_id)])[0]
+
+    def add_keys(self, keys: Sequence[tuple[Ed25519PublicKey, str | None]]) -> list[str]:
+        """:meth:`add_key` for many keys in one transaction (a fleet's registry at once)."""
         from gateway.cose import kid_for  # noqa: PLC0415
 
-        kid = kid_for(public_key).hex()
-        raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        now = _now_ms()
+        rows = [(kid_for(pub).hex(), gw, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), now)
+                for pub, gw in keys]
         with self.db.transaction() as tx:
-            tx.execute("INSERT INTO gateway_keys (kid, gateway_id, public_key, added_ms) "
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (kid) DO NOTHING",
-                       (kid, gateway_id, raw, _now_ms()))
-        return kid
+            tx.executemany("INSERT INTO gateway_keys (kid, gateway_id, public_key, added_ms) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (kid) DO NOTHING", rows)
+        return [r[0] for r in rows]
 
     def import_key_directory(self, directory: Path) -> int:
         """Every key of the registrar's key directory (``<kid>.pub.pem``, registry.json)."""
@@ -193,6 +234,7 @@ class IngestStore:
 
     def _ingest(self, tx: Tx, messages: Sequence[Incoming]) -> list[Outcome]:
         keys = _Keys(tx)
+        keys.prefetch(messages)
         verifier = Verifier({}, origin=1)
         verifier.keys, verifier.gateways = keys, keys.gateways
         w = _Writes([], {}, [], [], [], [], [], [], {})
@@ -223,11 +265,20 @@ class IngestStore:
         """Create missing stream rows, lock them in a fixed order, load their state."""
         tx.executemany("INSERT INTO streams (gateway_id, epoch) VALUES (?, ?) "
                        "ON CONFLICT DO NOTHING", streams)
+        # Sorted and locked in that order: two workers always lock in the same order.
         lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-        for gw, ep in streams:  # sorted: two workers always lock in the same order
-            row = tx.one("SELECT state FROM streams WHERE gateway_id = ? AND epoch = ?"  # noqa: S608 - a fixed clause
-                         + lock, (gw, ep))
-            verifier.load_stream(json.loads(row[0]) if row and row[0] else None, gw, ep)
+        states: dict[tuple[str, int], Any] = {}
+        for i in range(0, len(streams), 500):
+            chunk = streams[i:i + 500]
+            pairs = ", ".join(["(?, ?)"] * len(chunk))
+            for gw, ep, state in tx.all(
+                    f"SELECT gateway_id, epoch, state FROM streams WHERE (gateway_id, epoch) IN "  # noqa: S608 - placeholders only
+                    f"({pairs}) ORDER BY gateway_id, epoch{lock}",
+                    [x for pair in chunk for x in pair]):
+                states[gw, int(ep)] = state
+        for gw, ep in streams:
+            state = states.get((gw, ep))
+            verifier.load_stream(json.loads(state) if state else None, gw, ep)
 
     def _reject(self, w: _Writes, msg: Incoming, status: str, error: str | None, *,
                 kid: bytes | None = None, batch: Batch | None = None,
@@ -246,12 +297,22 @@ class IngestStore:
         if res.rejected:
             return self._reject(w, msg, res.status, res.error, kid=kid, res=res)
         gw, ep = batch.gateway_id, batch.epoch
-        for seq, r in res.readings:
-            row = (gw, ep, seq, r.point, r.unit, r.ts, r.quality, *encode_value(r.value))
-            w.readings.append(row)
-            best = w.latest.get((gw, r.point))
-            if best is None or (r.ts, ep, seq) > (best[5], best[1], best[2]):
-                w.latest[gw, r.point] = row
+        rows = w.readings
+        latest = w.latest
+        last_of: dict[str, tuple[Any, ...]] = {}
+        for seq, (point, ts, value, quality, unit) in res.readings:
+            # A good finite float is by far the most common value: its columns inline.
+            enc = ((_FLOAT, None, value, None, None) if type(value) is float
+                   and _isfinite(value) else encode_value(value))
+            row = (gw, ep, seq, point, unit, ts, int(quality), *enc)
+            rows.append(row)
+            best = last_of.get(point)
+            if best is None or ts >= best[5]:  # seqs ascend: a tie goes to the later seq
+                last_of[point] = row
+        for point, row in last_of.items():
+            best = latest.get((gw, point))
+            if best is None or (row[5], ep, row[2]) > (best[5], best[1], best[2]):
+                latest[gw, point] = row
         w.gaps += [(gw, ep, g.first_seq, g.last_seq, g.count, g.first_ts, g.last_ts,
                     json.dumps({"points": list(g.points), "truncated": g.points_truncated}))
                    for g in res.gaps]
@@ -315,11 +376,14 @@ class IngestStore:
 
     def _write_readings(self, tx: Tx, w: _Writes) -> None:
         columns = ", ".join(_READING_COLUMNS)
-        if tx.dialect == "postgresql" and w.readings:
-            # COPY into a per-session staging table, then one idempotent INSERT ... SELECT.
+        if tx.copy_new("readings", _READING_COLUMNS, w.readings, _READING_TYPES):
+            pass  # the verifier's state said they were new, and they were: one COPY
+        elif tx.dialect == "postgresql" and w.readings:
+            # Some were there already (state and table disagree, e.g. after a restore): COPY
+            # into a per-session staging table, then one idempotent INSERT ... SELECT.
             tx.execute("CREATE TEMP TABLE IF NOT EXISTS stage_readings "
                        "(LIKE readings) ON COMMIT DELETE ROWS")
-            tx.copy("stage_readings", _READING_COLUMNS, w.readings)
+            tx.copy("stage_readings", _READING_COLUMNS, w.readings, _READING_TYPES)
             tx.execute(f"INSERT INTO readings ({columns}) SELECT {columns} FROM stage_readings "  # noqa: S608 - fixed names
                        "ON CONFLICT DO NOTHING")
         else:
@@ -329,12 +393,20 @@ class IngestStore:
         newer = ("excluded.ts > latest.ts OR (excluded.ts = latest.ts AND "
                  "(excluded.epoch, excluded.seq) > (latest.epoch, latest.seq))")
         sets = ", ".join(f"{c} = excluded.{c}" for c in _READING_COLUMNS[2:] if c != "point")
-        marks = ", ".join("?" * len(_READING_COLUMNS))
-        tx.executemany(
-            f"INSERT INTO latest (gateway_id, epoch, seq, point, unit, ts, {', '.join(VALUE_COLUMNS)}) "  # noqa: E501, S608 - fixed names
-            f"VALUES ({marks}) ON CONFLICT (gateway_id, point) DO UPDATE SET epoch = "
-            f"excluded.epoch, {sets} WHERE {newer}",
-            [w.latest[k] for k in sorted(w.latest)])
+        upsert = (f"ON CONFLICT (gateway_id, point) DO UPDATE SET epoch = excluded.epoch, {sets} "
+                  f"WHERE {newer}")
+        latest = [w.latest[k] for k in sorted(w.latest)]
+        if tx.dialect == "postgresql" and latest:
+            # One statement for all points: COPY them into a staging table, upsert from it.
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS stage_latest "
+                       "(LIKE latest) ON COMMIT DELETE ROWS")
+            tx.copy("stage_latest", _READING_COLUMNS, latest, _READING_TYPES)
+            tx.execute(f"INSERT INTO latest ({columns}) SELECT {columns} FROM stage_latest "  # noqa: S608 - fixed names
+                       f"ORDER BY gateway_id, point {upsert}")
+        else:
+            marks = ", ".join("?" * len(_READING_COLUMNS))
+            tx.executemany(f"INSERT INTO latest ({columns}) VALUES ({marks}) {upsert}",  # noqa: S608 - fixed names
+                           latest)
 
 
 def _loss_row(gateway_id: str, loss: Loss) -> tuple[Any, ...]:

@@ -83,6 +83,11 @@ class IntervalSet:
         i = bisect.bisect_right(self._starts, lo) - 1
         return i >= 0 and self._ends[i] >= hi
 
+    def intersects(self, lo: int, hi: int) -> bool:
+        """Whether any integer in ``lo..hi`` is in the set."""
+        i = bisect.bisect_left(self._ends, lo)
+        return i < len(self._starts) and self._starts[i] <= hi
+
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 
@@ -274,7 +279,11 @@ class Verifier:
                                 "received_ms": received_ms}
         stream = self._streams.setdefault((batch.gateway_id, batch.epoch),
                                           _Stream(low=self.origin))
-        new = [(s, r) for s, r in batch.readings if s not in stream.delivered]
+        readings = batch.readings
+        if readings and not stream.delivered.intersects(readings[0][0], readings[-1][0]):
+            new = list(readings)  # sorted by seq: none of its range delivered before
+        else:
+            new = [(s, r) for s, r in readings if s not in stream.delivered]
         new_gaps = [g for g in batch.gaps if not stream.dropped.covers(g.first_seq, g.last_seq)]
         new_losses = self._new_losses(batch)
         dupes = len(batch.readings) - len(new)
