@@ -103,7 +103,8 @@ class CommandLog:
     def unsent(self, limit: int = 100) -> list[CommandRow]:
         """Final results the broker has not acknowledged on the result topic."""
         return self._read(f"SELECT {_COLS} FROM commands WHERE state = 'final'"  # noqa: S608
-                          " AND result_sent = 0 ORDER BY done_ms LIMIT ?", (limit,))
+                          " AND result IS NOT NULL AND result_sent = 0 ORDER BY done_ms"
+                          " LIMIT ?", (limit,))
 
     def sent(self, cid: str) -> None:
         self._write("UPDATE commands SET result_sent = 1 WHERE id = ?", (cid,))
@@ -111,7 +112,8 @@ class CommandLog:
     def unbatched(self, limit: int = 64) -> list[CommandRow]:
         """Final results not yet carried by an acknowledged batch."""
         return self._read(f"SELECT {_COLS} FROM commands WHERE state = 'final'"  # noqa: S608
-                          " AND batched = 0 ORDER BY done_ms LIMIT ?", (limit,))
+                          " AND result IS NOT NULL AND batched = 0 ORDER BY done_ms"
+                          " LIMIT ?", (limit,))
 
     def batched(self, ids: list[str]) -> None:
         store = self._store
@@ -124,6 +126,7 @@ class CommandLog:
                           " LIMIT ?", (limit,))
 
     def prune(self, before_ms: int) -> int:
-        """Forget commands that expired before ``before_ms`` and whose result went up."""
+        """Forget commands that expired before ``before_ms`` and whose result went up (on its
+        topic; a result no batch carried within that long is let go too)."""
         return self._write("DELETE FROM commands WHERE expires < ? AND state = 'final'"
-                           " AND result_sent = 1 AND batched = 1", (before_ms,))
+                           " AND result_sent = 1", (before_ms,))

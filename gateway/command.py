@@ -64,7 +64,7 @@ REASONS = frozenset({
     "no-driver", "commands-disabled", "invalid-config",
     # failed (drivers.api.WRITE_FAILURES) and config outcomes
     "bad-value", "device-error", "timeout", "unavailable", "mismatch", "interrupted",
-    "rolled-back", "uplink-lost",
+    "rolled-back",
 })
 MAX_ID = 64
 MAX_CONFIG = 256 * 1024
@@ -210,11 +210,11 @@ def sign_command(cmd: Command, key: Ed25519PrivateKey) -> bytes:
 
 
 def open_command(message: bytes, keys: Mapping[bytes, Ed25519PublicKey],
-                 ) -> tuple[Command, bytes]:
-    """``(command, ref)``; raises :class:`VerifyError` (signature, key) or
-    :class:`CommandFormatError`."""
-    _kid, payload = open1(message, keys)
-    return decode_command(payload), signature_ref(message)
+                 ) -> tuple[Command, bytes, bytes]:
+    """``(command, ref, kid of the key that signed it)``; raises :class:`VerifyError`
+    (signature, key) or :class:`CommandFormatError`."""
+    kid, payload = open1(message, keys)
+    return decode_command(payload), signature_ref(message), kid
 
 
 def signature_ref(message: bytes) -> bytes:

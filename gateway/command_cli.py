@@ -111,7 +111,7 @@ def send_command(cmd: Command, key: Any, *, host: str, port: int, prefix: str = 
             except queue.Empty:
                 continue
             res = _result(payload, gateway_keys)
-            if res is None or res.id != cmd.id or (res.ref and res.ref != ref):
+            if res is None or res.id != cmd.id or res.ref != ref:
                 continue
             seen.append(res)
             if res.final:
@@ -191,6 +191,9 @@ def _make(args: argparse.Namespace, **what: Any) -> Command:
 def _run(args: argparse.Namespace, cmd: Command) -> int:
     key = _load_key(args.key)
     host, port = args.broker
+    if args.wait and not args.gateway_key:
+        sys.stderr.write("streetgate command: results are not checked against the gateway's "
+                         "key; give --gateway-key PEM to trust only results it signed\n")
     t0 = time.monotonic()
     try:
         wait = float(Duration.parse(args.wait_for)) if args.wait else None
@@ -234,7 +237,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--ttl", default="60s", help="validity (e.g. 60s, 10m, 1h)")
         q.add_argument("--id", help="command id (default: a random one)")
         q.add_argument("--wait", action="store_true", help="wait for the final result")
-        q.add_argument("--wait-for", default="120s", help="how long --wait waits")
+        q.add_argument("--wait-for", default="180s",
+                       help="how long --wait waits (longer than the cabinet's config_rollback "
+                            "for `command config`)")
         q.add_argument("--gateway-key", metavar="PEM",
                        help="the gateway's public key: only results it signed count")
         q.add_argument("--json", action="store_true")

@@ -1,4 +1,4 @@
-"""The cabinet's side of commands: check, remember, perform, report (docs/COMMANDS.md).
+"""The cabinet's side of commands: check, remember, perform, report (docs/DESIGN-NOTES.md).
 
 Every command message that arrives on ``<prefix>/<id>/cmd`` gets exactly one final result on
 ``<prefix>/<id>/cmd/result`` (and inside the batch stream), signed with the gateway's key:
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from buffer._commands import CommandLog, CommandRow
 from drivers.api import Backoff, WriteError
 from gateway.command import (
+    MAX_CONFIG,
     Command,
     CommandFormatError,
     Result,
@@ -42,7 +43,7 @@ from gateway.command import (
     open_command,
     signature_ref,
 )
-from gateway.cose import SignatureError, UnknownKeyError, VerifyError, sign1
+from gateway.cose import SignatureError, UnknownKeyError, VerifyError, open1, sign1
 from provisioning.keys import KeyFileError, load_public_keys
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ __all__ = ["Commander"]
 
 _log = logging.getLogger("streetgate.commands")
 _RECENT = 20
+#: No command is larger than a config file and its envelope: longer messages are not parsed.
+_MAX_MESSAGE = MAX_CONFIG + 16 * 1024
 
 
 class _RefusedError(Exception):
@@ -82,7 +85,8 @@ class Hooks:
     drivers: Callable[[], dict[str, Driver[Any]]]
     publish: Callable[[bytes, Callable[[], None]], bool]
     now_ms: Callable[[], int]
-    apply_config: Callable[[bytes], Awaitable[tuple[bool, str]]]
+    #: (config text, kid of the key that signed it) -> (applied, why not)
+    apply_config: Callable[[bytes, bytes], Awaitable[tuple[bool, str]]]
     uplink_up: Callable[[], bool]
     rollback_config: Callable[[], Awaitable[str]]
 
@@ -93,24 +97,41 @@ class Commander:
         self._io = io  # runs a blocking call off the loop (the store's executor)
         self.log = CommandLog(hooks.store)
         self._keys: dict[bytes, Ed25519PublicKey] = {}
-        self._keys_from: tuple[str, ...] | None = None
+        self._keys_from: tuple[tuple[str, int], ...] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_write: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._config_lock = asyncio.Lock()
+        self._kids: dict[str, bytes] = {}  # the key each config command was signed with
         self.counters = {"received": 0, "done": 0, "rejected": 0, "failed": 0, "expired": 0,
                          "replayed": 0, "redelivered": 0}
         self.recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
 
     # -- entry points (loop thread) ---------------------------------------------------------
-    def on_message(self, message: bytes) -> None:
-        self._spawn(self._handle(message), "streetgate.command")
+    def on_message(self, message: bytes, ack: Callable[[], None] | None = None) -> None:
+        """A message from the command topic. ``ack`` sends its PUBACK: called once the
+        command is recorded (or its refusal stored), so a crash before that makes the broker
+        deliver it again."""
+        self._spawn(self._handle_then_ack(message, ack), "streetgate.command")
+
+    async def _handle_then_ack(self, message: bytes, ack: Callable[[], None] | None) -> None:
+        try:
+            await self._handle(message)
+        except Exception:  # noqa: BLE001 - whatever failed, the message is not acknowledged
+            # The store failed (full disk, say): not acknowledged, so the broker delivers it
+            # again with the next session.
+            _log.exception("command message not handled; the broker will deliver it again")
+            return
+        if ack is not None:
+            ack()
 
     def on_connected(self) -> None:
         self._spawn(self._republish(), "streetgate.command.republish")
 
     async def start(self) -> None:
         """Pick up what the last run left: commands still to perform, results to send."""
+        self._spawn(self._maintain(), "streetgate.command.prune")
         rows = await self._io(self.log.open)
         for row in rows:
             try:
@@ -119,6 +140,9 @@ class Commander:
                 await self._finish(row.id, row.ref, "failed", reason="malformed",
                                    detail="stored command unreadable")
                 continue
+            if cmd.config is not None:
+                with contextlib.suppress(VerifyError):
+                    self._kids[cmd.id] = open1(row.message, self._trusted())[0]
             if row.state == "performing" and cmd.config is not None:
                 self._spawn(self._watch_config(cmd, row.ref), f"streetgate.command.{cmd.id}")
             elif row.state == "performing":
@@ -148,10 +172,10 @@ class Commander:
 
     def _trusted(self) -> dict[bytes, Ed25519PublicKey]:
         cfg = self.h.config()
-        wanted = tuple(cfg.keys)
+        paths = [p if p.is_absolute() else self.h.state_dir / p for p in map(Path, cfg.keys)]
+        # A key file replaced under the same name is read again.
+        wanted = tuple((str(p), _mtime(p)) for p in paths)
         if wanted != self._keys_from:
-            paths = [p if Path(p).is_absolute() else self.h.state_dir / p for p in map(Path,
-                                                                                     wanted)]
             try:
                 self._keys = load_public_keys(paths)
             except (KeyFileError, OSError, ValueError) as exc:
@@ -163,13 +187,17 @@ class Commander:
 
     async def _handle(self, message: bytes) -> None:
         self.counters["received"] += 1
+        if len(message) > _MAX_MESSAGE:
+            await self._refuse_untrusted(message[-16:], "malformed",
+                                         f"{len(message)} bytes: larger than any command")
+            return
         ref = signature_ref(message)
         try:
-            cmd, ref = open_command(message, self._trusted())
+            cmd, ref, kid = open_command(message, self._trusted())
         except (SignatureError, UnknownKeyError, VerifyError, CommandFormatError) as exc:
             reason = ("bad-signature" if isinstance(exc, SignatureError) else
                       "unknown-key" if isinstance(exc, UnknownKeyError) else "malformed")
-            await self._refuse_untrusted(message, ref, reason, str(exc))
+            await self._refuse_untrusted(ref, reason, str(exc))
             return
         known = await self._io(self.log.get, cmd.id)
         if known is not None:
@@ -179,30 +207,44 @@ class Commander:
         try:
             target = self._check(cmd, now)
         except _RefusedError as r:
-            await self._record(cmd, ref, message, now, final=True)
-            await self._finish(cmd.id, ref, "expired" if r.reason == "expired" else "rejected",
-                               point=cmd.point, reason=r.reason, detail=r.detail)
+            status = "expired" if r.reason == "expired" else "rejected"
+            res = Result(self.h.gateway_id, cmd.id, status, now, ref, point=cmd.point,
+                         reason=r.reason, detail=r.detail)
+            signed = self._sign(res)
+            if not await self._record(cmd, ref, message, now, result=signed):
+                await self._again(cmd, ref)  # the same message, handled a moment ago
+                return
+            self._announce(res)
+            self._send(cmd.id, signed)
             return
-        await self._record(cmd, ref, message, now, final=False)
+        if target[0] is not None:
+            # The rate slot is taken at once, before anything awaits: a command arriving at
+            # the same moment finds it taken.
+            self._last_write[target[0]] = time.monotonic()
+        if not await self._record(cmd, ref, message, now, result=None):
+            await self._again(cmd, ref)
+            return
+        if cmd.config is not None:
+            self._kids[cmd.id] = kid
         self._result(Result(self.h.gateway_id, cmd.id, "accepted", now, ref, point=target[0]),
                      store=False)
         self._perform_later(cmd, ref)
 
-    async def _refuse_untrusted(self, message: bytes, ref: bytes, reason: str,
-                                detail: str) -> None:
-        """A command that does not verify: refused, answered (best effort, not stored: it
-        could be anyone's), never performed."""
+    async def _refuse_untrusted(self, ref: bytes, reason: str, detail: str) -> None:
+        """A message that does not verify: refused, answered (best effort, not stored: it
+        could be anyone's), never performed. Its id is not trusted either: the result says
+        "?" and names the message by its ``ref`` only."""
         cid = "?"
-        with contextlib.suppress(Exception):
-            cmd = decode_command(_payload(message))
-            cid = cmd.id if cmd.gateway == self.h.gateway_id else "?"
         self.counters["rejected"] += 1
         _log.warning("command %s refused: %s", cid, detail)
         self._note(cid, "rejected", reason, None)
         self._result(Result(self.h.gateway_id, cid, "rejected", self.h.now_ms(), ref,
                             reason=reason, detail=detail), store=False)
 
-    async def _again(self, cmd: Command, ref: bytes, known: CommandRow) -> None:
+    async def _again(self, cmd: Command, ref: bytes, known: CommandRow | None = None) -> None:
+        known = known or await self._io(self.log.get, cmd.id)
+        if known is None:
+            return
         if known.ref != ref:
             # Another message under a used id: a replay with altered content, or a platform bug.
             self.counters["replayed"] += 1
@@ -276,10 +318,13 @@ class Commander:
         return None
 
     async def _record(self, cmd: Command, ref: bytes, message: bytes, now: int, *,
-                      final: bool) -> None:
-        await self._io(lambda: self.log.add(cmd.id, ref, received=now, expires=cmd.expires,
-                                            message=message,
-                                            state="final" if final else "pending"))
+                      result: bytes | None) -> bool:
+        """Remember the command (with its final result when it is refused at once); False
+        when its id is known already."""
+        added: bool = await self._io(lambda: self.log.add(
+            cmd.id, ref, received=now, expires=cmd.expires, message=message,
+            state="final" if result is not None else "pending", result=result))
+        return added
 
     def _perform_later(self, cmd: Command, ref: bytes) -> None:
         if cmd.id not in self._running:
@@ -288,34 +333,80 @@ class Commander:
             task.add_done_callback(lambda _t: self._running.pop(cmd.id, None))
 
     async def _perform(self, cmd: Command, ref: bytes) -> None:
-        if cmd.config is not None:
-            await self._apply_config(cmd, ref)
-            return
+        try:
+            if cmd.config is not None:
+                async with self._config_lock:  # one config at a time: they share the files
+                    await self._apply_config(cmd, ref)
+                return
+            await self._perform_write(cmd, ref)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a failing store: still a result
+            _log.exception("command %s failed", cmd.id)
+            with contextlib.suppress(Exception):
+                await self._finish(cmd.id, ref, "failed", point=cmd.point,
+                                   reason="interrupted", detail=f"internal error: {exc}")
+
+    async def _perform_write(self, cmd: Command, ref: bytes) -> None:
+        """Commands for one point run one at a time, in the order they were accepted (the
+        point's lock is fair and held through retries), each re-checked before every try."""
         cfg = self.h.config()
         backoff = Backoff(float(cfg.retry), 60.0)
+        point = cmd.point or "?"
+        lock = self._locks.setdefault(self._target_point(cmd), asyncio.Lock())
         try:
-            point, value = self._target(cmd)
-        except _RefusedError as r:
-            await self._finish(cmd.id, ref, "rejected", reason=r.reason, detail=r.detail)
+            async with asyncio.timeout(max(0.0, (cmd.expires - self.h.now_ms()) / 1000)):
+                await lock.acquire()
+        except TimeoutError:
+            await self._finish(cmd.id, ref, "expired", point=point, reason="expired",
+                               detail="expired while earlier commands for its point ran")
             return
-        while True:
-            left = (cmd.expires - self.h.now_ms()) / 1000
-            if left <= 0:
-                await self._finish(cmd.id, ref, "expired", point=point, reason="expired",
-                                   detail="the device could not be reached before the command"
-                                   " expired")
-                return
-            error = await self._attempt(cmd, ref, point, value, left)
-            if error is None:
-                return
-            if error.reason not in ("unavailable", "timeout"):
-                await self._finish(cmd.id, ref, "failed", point=point, reason=error.reason,
-                                   detail=error.detail, code=error.code, value=error.value)
-                return
-            await self._io(self.log.set_state, cmd.id, "pending")
-            _log.info("command %s: %s; retrying until it expires", cmd.id, error.detail)
-            await asyncio.sleep(min(backoff.next_delay() + float(cfg.retry) / 2,
-                                    max(0.0, (cmd.expires - self.h.now_ms()) / 1000) + 0.01))
+        try:
+            while True:
+                try:
+                    point, value = self._recheck(cmd)
+                except _RefusedError as r:
+                    await self._finish(cmd.id, ref, "rejected", point=point, reason=r.reason,
+                                       detail=r.detail)
+                    return
+                left = (cmd.expires - self.h.now_ms()) / 1000
+                if left <= 0:
+                    await self._finish(cmd.id, ref, "expired", point=point, reason="expired",
+                                       detail="the device could not be reached before the "
+                                       "command expired")
+                    return
+                error = await self._attempt(cmd, ref, point, value, left)
+                if error is None:
+                    return
+                if error.reason not in ("unavailable", "timeout"):
+                    await self._finish(cmd.id, ref, "failed", point=point, reason=error.reason,
+                                       detail=error.detail, code=error.code, value=error.value)
+                    return
+                # Not there, or no answer: the value is absolute, so trying again leaves the
+                # device as one write would.
+                await self._io(self.log.set_state, cmd.id, "pending")
+                _log.info("command %s: %s; retrying until it expires", cmd.id, error.detail)
+                await asyncio.sleep(min(backoff.next_delay() + float(cfg.retry) / 2,
+                                        max(0.0, (cmd.expires - self.h.now_ms()) / 1000)
+                                        + 0.01))
+        finally:
+            lock.release()
+
+    def _recheck(self, cmd: Command) -> tuple[str, Value]:
+        """The point and value, checked again against the config now (a reload may have
+        narrowed it while the command waited)."""
+        point, value = self._target(cmd)
+        rule = next((w for w in self.h.config().writable if w.point == point), None)
+        if rule is None:
+            raise _RefusedError("not-writable", f"{point} is no longer writable")
+        _check_value(rule, value)
+        return point, value
+
+    def _target_point(self, cmd: Command) -> str:
+        try:
+            return self._target(cmd)[0]
+        except _RefusedError:
+            return cmd.point or f"action:{cmd.action}"
 
     async def _attempt(self, cmd: Command, ref: bytes, point: str, value: Value,
                        left: float) -> WriteError | None:
@@ -323,30 +414,34 @@ class Commander:
         driver = self._driver_for(point)
         if driver is None:
             return WriteError("unavailable", f"no running driver can write {point}")
-        async with self._locks.setdefault(point, asyncio.Lock()):
-            await self._io(self.log.set_state, cmd.id, "performing")
-            self._last_write[point] = time.monotonic()
-            try:
-                async with asyncio.timeout(left):
-                    got = await driver.write(point, value)
-            except WriteError as exc:
-                return exc
-            except TimeoutError:
-                return WriteError("timeout", "no answer before the command expired")
-            except Exception as exc:  # noqa: BLE001 - a driver bug is a failed write
-                _log.exception("write of %s by %s failed", point, driver.name)
-                return WriteError("device-error", f"driver error: {exc}")
-            await self._finish(cmd.id, ref, "done", point=point, value=got)
-            return None
+        await self._io(self.log.set_state, cmd.id, "performing")
+        self._last_write[point] = time.monotonic()
+        try:
+            async with asyncio.timeout(left):
+                got = await driver.write(point, value)
+        except WriteError as exc:
+            return exc
+        except TimeoutError:
+            return WriteError("timeout", "no answer before the command expired")
+        except Exception as exc:  # noqa: BLE001 - a driver bug is a failed write
+            _log.exception("write of %s by %s failed", point, driver.name)
+            return WriteError("device-error", f"driver error: {exc}")
+        await self._finish(cmd.id, ref, "done", point=point, value=got)
+        return None
 
     # -- remote config ---------------------------------------------------------------------
     async def _apply_config(self, cmd: Command, ref: bytes) -> None:
         assert cmd.config is not None  # noqa: S101
-        await self._io(self.log.set_state, cmd.id, "performing")
-        ok, detail = await self.h.apply_config(cmd.config)
+        if self.h.now_ms() > cmd.expires:
+            await self._finish(cmd.id, ref, "expired", reason="expired",
+                               detail="expired before it could be applied")
+            return
+        ok, detail = await self.h.apply_config(cmd.config, self._kids.get(cmd.id, b""))
         if not ok:
             await self._finish(cmd.id, ref, "rejected", reason="invalid-config", detail=detail)
             return
+        # Only now: a crash before the swap leaves it pending, and it is applied again.
+        await self._io(self.log.set_state, cmd.id, "performing")
         await self._watch_config(cmd, ref)
 
     async def _watch_config(self, cmd: Command, ref: bytes) -> None:
@@ -373,11 +468,15 @@ class Commander:
                      value=value, reason=reason, detail=detail, code=code)
         signed = self._sign(res)
         await self._io(self.log.finish, cid, signed, res.ts)
-        self.counters[status] = self.counters.get(status, 0) + 1
-        log = _log.info if status == "done" else _log.warning
-        log("command %s %s%s", cid, status, f": {reason}: {detail}" if reason else "")
-        self._note(cid, status, reason, value)
+        self._announce(res)
         self._send(cid, signed)
+
+    def _announce(self, res: Result) -> None:
+        self.counters[res.status] = self.counters.get(res.status, 0) + 1
+        log = _log.info if res.status == "done" else _log.warning
+        log("command %s %s%s", res.id, res.status,
+            f": {res.reason}: {res.detail}" if res.reason else "")
+        self._note(res.id, res.status, res.reason, res.value)
 
     def _note(self, cid: str, status: str, reason: str | None, value: Value) -> None:
         self.recent.append({"id": cid, "status": status, "reason": reason,
@@ -399,9 +498,18 @@ class Commander:
         self.h.publish(signed, acked)
 
     async def _republish(self) -> None:
-        for row in await self._io(self.log.unsent):
+        for row in await self._io(lambda: self.log.unsent(limit=100_000)):
             if row.result is not None:
                 self._send(row.id, row.result)
+
+    async def _maintain(self) -> None:
+        """Forget commands long expired whose result went up, once an hour."""
+        while True:
+            with contextlib.suppress(Exception):
+                gone = await self._io(self.prune)
+                if gone:
+                    _log.debug("forgot %d old commands", gone)
+            await asyncio.sleep(3600)
 
     # -- the batch stream ----------------------------------------------------------------
     def unbatched(self) -> list[tuple[str, bytes]]:
@@ -417,6 +525,13 @@ class Commander:
         return self.log.prune(self.h.now_ms() - int(keep))
 
 
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 def _payload(message: bytes) -> bytes:
     from gateway.cose import strict_loads  # noqa: PLC0415
 
@@ -428,7 +543,10 @@ def _payload(message: bytes) -> bytes:
 
 
 def _number(v: object) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)  # type: ignore[arg-type]
+    try:
+        return type(v) in (int, float) and math.isfinite(v)  # type: ignore[arg-type]
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_value(rule: WritableConfig, value: Value) -> None:

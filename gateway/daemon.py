@@ -378,7 +378,7 @@ class Gateway:
             rollback_config=self._rollback_config)
         self.commander = Commander(hooks, self._io_call)
 
-    async def _apply_config(self, text: bytes) -> tuple[bool, str]:
+    async def _apply_config(self, text: bytes, kid: bytes) -> tuple[bool, str]:
         """A config file sent by command: checked like ``streetgate check``, kept beside the
         running one as ``<file>.prev``, then applied like SIGHUP. ``(applied, why not)``."""
         path = self.config_path
@@ -397,9 +397,10 @@ class Gateway:
         if cfg.gateway.id != self.cfg.gateway.id:
             new.unlink(missing_ok=True)
             return False, f"gateway.id {cfg.gateway.id!r} is not this gateway's"
-        if not cfg.commands.keys:
+        why = await self._io_call(_lockout, cfg, kid)
+        if why:
             new.unlink(missing_ok=True)
-            return False, "the new config has no [commands] keys: it would lock the platform out"
+            return False, why
         prev = path.with_name(path.name + ".prev")
         await self._io_call(_keep_previous, path, prev, new)
         if not await self.reload(path):
@@ -785,6 +786,29 @@ def _sanitized(row: Row) -> Row:
 
 #: Command results one batch carries at most (the rest ride with the next ones).
 _RESULTS_PER_BATCH = 32
+
+
+def _lockout(cfg: Config, kid: bytes) -> str:
+    """Why a config sent by command must not be applied: what ``streetgate check`` would find
+    (files, permissions, identity), or command keys that would not trust the key that sent it
+    (the platform would be locked out until someone visits the cabinet)."""
+    from gateway.startup import startup_problems  # noqa: PLC0415
+    from provisioning.keys import KeyFileError, load_public_keys  # noqa: PLC0415
+
+    problems = startup_problems(cfg)
+    if problems:
+        return "; ".join(problems)[:450]
+    if not cfg.commands.keys:
+        return "the new config has no [commands] keys: it would lock the platform out"
+    paths = [cfg.gateway.path(k) for k in cfg.commands.keys]
+    try:
+        keys = load_public_keys(paths)
+    except (KeyFileError, OSError) as exc:
+        return f"[commands] keys: {exc}"
+    if kid not in keys:
+        return ("the new config's [commands] keys do not include the key that sent it "
+                f"({kid.hex() or 'unknown'}): it would lock the platform out")
+    return ""
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -59,7 +59,7 @@ class Uplink:
         on_lost: Callable[[Any], None],
         status: Callable[[], dict[str, Any]],
         tls: TlsFiles | None = None,
-        on_command: Callable[[bytes], None] | None = None,
+        on_command: Callable[[bytes, Callable[[], None]], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -226,7 +226,9 @@ class Uplink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=proto, reconnect_on_failure=False,
                              clean_session=(self._on_command is None)
-                             if proto == mqtt.MQTTv311 else None)
+                             if proto == mqtt.MQTTv311 else None,
+                             # A command's PUBACK goes once it is recorded (gateway/commander.py)
+                             manual_ack=self._on_command is not None)
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)
         client.max_queued_messages_set(0)
         if self.cfg.username:
@@ -367,8 +369,16 @@ class Uplink:
     def _on_message(self, client: mqtt.Client, _u: Any, msg: Any) -> None:
         if client is not self._client or self._on_command is None:
             return
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if client is self._client and qos:
+                client.ack(mid, qos)
+
         if msg.topic == self.topic_cmd:
-            self._on_command(bytes(msg.payload))
+            self._on_command(bytes(msg.payload), ack)
+        else:
+            ack()
 
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         if client is not self._client:
