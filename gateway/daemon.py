@@ -9,6 +9,7 @@ import fcntl
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,7 @@ class Gateway:
                  drain_timeout: float = 5.0) -> None:
         self.cfg = cfg
         self.registry = registry or load_registry()
+        self._rescan = registry is None  # a registry handed in (tests) stays as it is
         self.drain_timeout = drain_timeout
         self._drain_from: int | None = None  # store.delivered when the drain began
         self.boot_id = uuid.uuid4().hex
@@ -299,8 +301,13 @@ class Gateway:
 
     async def _reload(self, path: str | Path) -> bool:
         self.notifier.reloading()
+        loop = asyncio.get_running_loop()
+        # A driver package installed since the start is found now, as `streetgate check` finds
+        # it; drivers already running keep their classes (their modules stay imported).
+        if self._rescan:
+            self.registry = await loop.run_in_executor(None, _fresh_registry)
         try:
-            new = await asyncio.get_running_loop().run_in_executor(
+            new = await loop.run_in_executor(
                 None, load_config, path, self.registry)
         except ConfigError as exc:
             self.notifier.ready()
@@ -786,6 +793,49 @@ def _sanitized(row: Row) -> Row:
 
 #: Command results one batch carries at most (the rest ride with the next ones).
 _RESULTS_PER_BATCH = 32
+
+
+def _pth_files() -> set[Path]:
+    import site  # noqa: PLC0415
+
+    out: set[Path] = set()
+    for d in map(Path, [*site.getsitepackages(), site.getusersitepackages()]):
+        with contextlib.suppress(OSError):
+            out.update(p for p in d.iterdir() if p.suffix == ".pth")
+    return out
+
+
+#: The .pth files the interpreter read at start; a reload reads the ones added since.
+_PTH_SEEN = _pth_files()
+
+
+def _read_pth(path: Path) -> None:
+    """What the interpreter does with a site-packages .pth file at start (``site`` module):
+    directories go on sys.path, ``import`` lines run (an editable install's finder)."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("import ", "import\t")):
+            exec(line)  # noqa: S102 - exactly what site.addpackage does with these lines
+            continue
+        entry = (path.parent / line.rstrip()).resolve()
+        if entry.is_dir() and str(entry) not in sys.path:
+            sys.path.append(str(entry))
+
+
+def _fresh_registry() -> Registry:
+    """The driver registry as the installed packages are now: an install made while the
+    daemon ran (its .pth file, its entry points) is found as `streetgate check` finds it."""
+    import importlib  # noqa: PLC0415
+
+    for path in sorted(_pth_files() - _PTH_SEEN):
+        _PTH_SEEN.add(path)
+        try:
+            _read_pth(path)
+        except Exception as exc:  # noqa: BLE001 - a broken .pth must not stop the reload
+            _log.warning("cannot read %s: %s", path, exc)
+    importlib.invalidate_caches()
+    return load_registry()
 
 
 def _lockout(cfg: Config, kid: bytes) -> str:
