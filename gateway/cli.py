@@ -387,10 +387,18 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     if args.db:
         path = Path(args.db)
     else:
-        from gateway.config import load_config  # noqa: PLC0415
+        from gateway.config import lenient_paths  # noqa: PLC0415
 
-        cfg = load_config(args.config)
-        path = cfg.gateway.path(cfg.buffer.path)
+        g, buffer, why = lenient_paths(args.config)
+        if g is None:
+            from gateway.config import load_config  # noqa: PLC0415
+
+            load_config(args.config)  # raises the config error, with every line
+            return 2
+        if why:
+            sys.stderr.write(f"streetgate: note: {why} (the buffer named by its [gateway] "
+                             "and [buffer] tables is shown)\n")
+        path = g.path(buffer)
     try:
         stats = inspect_buffer(path)
     except StoreError as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "TlsConfig",
     "UplinkConfig",
     "WritableConfig",
+    "lenient_paths",
     "load_config",
     "resolved",
 ]
@@ -234,6 +235,29 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
     return parse_config(raw, file=name, registry=registry)
+
+
+def lenient_paths(path: str | Path) -> tuple[GatewayConfig | None, str, str | None]:
+    """``(gateway section, buffer path, why the file does not load)`` for tools that only need
+    to find the running daemon's files (``status``, ``buffer stats``): a file broken on disk
+    must not hide a daemon that runs fine on its previous config. Paths come from the file's
+    own ``[gateway]``/``[buffer]`` tables when the whole does not validate."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        why = exc.lines()[0] if exc.lines() else str(exc)
+    else:
+        return cfg.gateway, cfg.buffer.path, None
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        g: dict[str, Any] = raw["gateway"] if isinstance(raw.get("gateway"), dict) else {}
+        b: dict[str, Any] = raw["buffer"] if isinstance(raw.get("buffer"), dict) else {}
+        gateway = GatewayConfig(id=str(g.get("id", "?")),
+                                state_dir=str(g.get("state_dir", GatewayConfig.state_dir)),
+                                status_socket=str(g.get("status_socket", "status.json")))
+        return gateway, str(b.get("path", BufferConfig.path)), why
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError, ValueError):
+        return None, BufferConfig.path, why
 
 
 def check_fragment(path: str | Path) -> dict[str, list[dict[str, Any]]] | None:

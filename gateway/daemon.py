@@ -110,6 +110,7 @@ class Gateway:
         self._uplink_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
         self.reloads = {"ok": 0, "rejected": 0}
+        self.reload_error: str | None = None  # why the last reload was refused, until one works
         self.commit_error: str | None = None
         self._reload_lock = asyncio.Lock()
         self.notifier = Notifier()
@@ -312,6 +313,7 @@ class Gateway:
         except ConfigError as exc:
             self.notifier.ready()
             self.reloads["rejected"] += 1
+            self.reload_error = "; ".join(exc.lines())[:300]
             _log.error("reload rejected, keeping the running config: %s",
                        "; ".join(exc.lines()))
             return False
@@ -336,6 +338,7 @@ class Gateway:
         if new.uplink != old_uplink:
             await self._restart_uplink()
         self.reloads["ok"] += 1
+        self.reload_error = None
         self._commit_now.set()
         self.reporter.changed()
         self.notifier.ready()
@@ -775,6 +778,7 @@ class Gateway:
             driver_kinds={inst: d.driver for inst, (_, d) in self._tasks.items()},
             clock=self.clock.snapshot(), counters=self.counters, kid=self._kid.hex(),
             reloads=dict(self.reloads), buffer_error=self.commit_error,
+            reload_error=self.reload_error,
             commands=self.commander.status() if self.commander is not None else None)
 
 

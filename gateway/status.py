@@ -295,6 +295,9 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
         lines.append(_clock_line(doc.get("clock", {})))
         lines += _driver_lines(doc.get("drivers", {}), now)
         lines += _command_lines(doc.get("commands"), now)
+        if doc.get("reload_error"):
+            lines.append(f"config   last reload REJECTED, running the previous config: "
+                         f"{doc['reload_error']}")
         # The kid batches carry now: after `provision rotate --signing` and a reload, the new one.
         lines.append(f"signing  kid {doc.get('kid') or '?'}")
     return "\n".join(lines) + "\n"
@@ -401,15 +404,16 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
         return [Path(args.file)]
     name, state_dir = "status.json", DEFAULT_STATE_DIR
     config = args.config or DEFAULT_CONFIG
-    from drivers.api import ConfigError  # noqa: PLC0415 - only when a config is read
-    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.config import lenient_paths  # noqa: PLC0415 - only when a config is read
 
-    try:
-        g = load_config(config).gateway
+    g, _buffer, why = lenient_paths(config)
+    if g is not None:
         name, state_dir = g.status_socket, Path(g.state_dir)
-    except ConfigError:
-        if args.config:  # asked for explicitly: its errors matter
-            raise
+    if why and args.config and not getattr(args, "_warned", False):
+        # The daemon keeps running its previous config; the status is still worth showing.
+        sys.stderr.write(f"streetgate: note: {why} (a running daemon keeps its previous "
+                         "config; its status follows)\n")
+        args._warned = True  # noqa: SLF001
     return [status_path(name, runtime_dir=RUNTIME_DIR), status_path(name, state_dir=state_dir,
                                                                     runtime_dir="")]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from drivers.api import Reading
 from gateway.status import write_status_file
 
 
@@ -193,3 +194,28 @@ def test_no_traceback_when_the_reader_goes_away(tmp_path: Path) -> None:
         assert b"BrokenPipeError" not in err, err.decode()
         assert b"Traceback" not in err
         assert proc.returncode == 141
+
+
+def test_a_broken_config_on_disk_does_not_hide_the_running_daemon(tmp_path: Path) -> None:
+    """The daemon runs its previous config; status and buffer stats still find its files
+    through the broken file's own [gateway] table, say the file is broken, and the text
+    status names the rejected reload."""
+    from buffer.store import Store  # noqa: PLC0415
+    from gateway.status import build_status  # noqa: PLC0415
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    conf = _config(tmp_path, "[uplink]\nbrokr = 1\n")  # an unknown key: does not load
+    with Store(state / "buffer.db") as store:
+        store.append([Reading("a/b/c", 1_000, 1.0)])
+        store.commit()
+    doc = build_status(gateway_id="cab-1", version="x", boot_id="b", started=time.time(),
+                       drivers={}, reload_error="gateway.toml: uplink.brokr: unknown key")
+    write_status_file(state / "status.json", {**doc, "generated_at": time.time()})
+    out = _gateway("status", "-c", str(conf))
+    assert "uplink.brokr" in out.stderr and "previous config" in out.stderr
+    assert "last reload REJECTED, running the previous config: gateway.toml: uplink.brokr" \
+        in out.stdout
+    stats = _gateway("buffer", "stats", "-c", str(conf), "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["depth"] == 1
