@@ -21,7 +21,7 @@ from pathlib import Path
 from drivers.api import Driver, DriverContext, SimulatedSetup, Sink, Value, WriteError
 from drivers.lora import downlink
 from drivers.lora.config import DownlinkConfig, ModemConfig
-from drivers.lora.scheduler import MAX_PAYLOAD, DownCounter
+from drivers.lora.scheduler import DownCounter, downlink_for
 from drivers.lora.sessions import Device, Radio, Receiver
 from drivers.serial.framing import Framer, LineFramer, make_framer
 from drivers.serial.port import PortUnavailableError, SerialLink
@@ -109,14 +109,7 @@ class LoraModemDriver(Driver[ModemConfig]):
                 ``rejected`` (busy, duty cycle), ``device-error`` (``invalid_param``,
                 ``radio_err``), ``timeout`` (no reply or no ``radio_tx_ok``).
         """
-        target = self._targets.get(point)
-        if target is None:
-            raise WriteError("not-writable", f"{point} has no downlink configured")
-        dev, cfg = target
-        payload = downlink.encode_value(cfg, value)
-        if len(payload) > MAX_PAYLOAD:
-            raise WriteError("bad-value", f"{len(payload)} bytes of payload; at most "
-                                          f"{MAX_PAYLOAD} fit every EU868 data rate")
+        dev, cfg, payload = downlink_for(self._targets, point, value)
         if not self._up.is_set():
             raise WriteError("unavailable", f"the module on {self.config.port} is not there")
         packet = await self._packet_for(dev, cfg, payload)

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from drivers.api import HealthBoard, StateStore, Value, WriteError
@@ -30,6 +30,25 @@ __all__ = ["DownCounter", "DownlinkScheduler"]
 #: EU863-870 carries at most 51 bytes of FRMPayload at DR0-DR2 (LoRaWAN Regional
 #: Parameters, EU863-870 maximum payload size), the data rates of RX2 and of a far device.
 MAX_PAYLOAD = 51
+
+
+def downlink_for(targets: Mapping[str, tuple[Any, DownlinkConfig]], point: str,
+                 value: Value) -> tuple[Any, DownlinkConfig, bytes]:
+    """``(device, downlink config, FRMPayload)`` for a write of ``value`` to ``point``.
+
+    Raises:
+        WriteError: ``not-writable`` (no downlink for the point) or ``bad-value`` (the value
+            does not encode, or its payload is longer than every EU868 data rate carries).
+    """
+    target = targets.get(point)
+    if target is None:
+        raise WriteError("not-writable", f"{point} has no downlink configured")
+    dev, cfg = target
+    payload = downlink.encode_value(cfg, value)
+    if len(payload) > MAX_PAYLOAD:
+        raise WriteError("bad-value", f"{len(payload)} bytes of payload; at most "
+                                      f"{MAX_PAYLOAD} fit every EU868 data rate")
+    return dev, cfg, payload
 _FCNT_MAX = 0xFFFF_FFFF
 
 #: Sends one datagram to an address (the driver's UDP transport).
@@ -149,14 +168,7 @@ class DownlinkScheduler:
     # -- writes ----------------------------------------------------------------------------
     async def write(self, point: str, value: Value) -> Value:
         """Queue a downlink for ``point`` and follow it until it is done (see the module)."""
-        target = self.targets.get(point)
-        if target is None:
-            raise WriteError("not-writable", f"{point} has no downlink configured")
-        dev, cfg = target
-        payload = downlink.encode_value(cfg, value)
-        if len(payload) > MAX_PAYLOAD:
-            raise WriteError("bad-value", f"{len(payload)} bytes of payload; at most "
-                                          f"{MAX_PAYLOAD} fit every EU868 data rate")
+        dev, cfg, payload = downlink_for(self.targets, point, value)
         if self._fresh() is None:
             raise WriteError("unavailable", "no PULL_DATA from the packet forwarder within "
                                             f"{self.config.pull_timeout}: it cannot send")

@@ -7,10 +7,12 @@ message arrives; results are signed, stored before they are published, and ride 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,41 @@ async def _subscribed(run: Run) -> None:
         assert time.monotonic() < deadline, "the gateway did not connect"
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
+
+
+RELAY = "bus-1/io-1/relay_1"
+
+
+@contextlib.asynccontextmanager
+async def _relay_cabinet(mosquitto: Mosquitto, state: Path, platform: Any, *,
+                         retry: str) -> AsyncIterator[tuple[Run, Any, list[Any]]]:
+    """A Modbus TCP I/O module (unit 2; its relay_1 pinned off, since the simulator's coils
+    toggle every 5 s otherwise) behind a gateway that takes commands for that relay.
+
+    Yields the running gateway (subscribed to its commands), the simulator and the list of
+    writes the simulator received.
+    """
+    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
+
+    sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
+    writes: list[Any] = []
+    sim.on_write = writes.append
+    port = await sim.serve_tcp()
+    device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
+              "backoff_max": "300ms"}
+    drivers = {"modbus": [{"instance": "bus-1", "bus": {
+        "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
+        "reconnect_max": "300ms"},
+        "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
+    section = _commands(state, platform.public_key(), writable=[
+        {"point": RELAY, "allowed": [True, False], "min_interval": "0s"}], actions=[],
+        retry=retry)
+    try:
+        async with running_gateway(drivers, mosquitto, state, commands=section) as run:
+            await _subscribed(run)
+            yield run, sim, writes
+    finally:
+        await sim.close()
 
 
 def _gw_key(state: Path) -> Any:
@@ -321,54 +358,37 @@ def test_config_by_command_rolls_back_when_the_uplink_does_not_return(
 
 def test_a_command_for_a_device_that_is_down_waits_and_is_done_once_it_is_back(
         mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
-    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
-
     state = tmp_path / "state"
-    relay = "bus-1/io-1/relay_1"
+    relay = RELAY
 
     async def scenario() -> None:
-        # The simulator's coils toggle every 5 s unless pinned (or written).
-        sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
-        port = await sim.serve_tcp()
-        device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
-                  "backoff_max": "300ms"}
-        drivers = {"modbus": [{"instance": "bus-1", "bus": {
-            "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
-            "reconnect_max": "300ms"},
-            "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
-        section = _commands(state, platform.public_key(), writable=[
-            {"point": relay, "allowed": [True, False], "min_interval": "0s"}], actions=[],
-            retry="200ms")
-        try:
-            async with running_gateway(drivers, mosquitto, state, commands=section) as run:
-                gw = _gw_key(state)
-                await _subscribed(run)
-                await sim.stop()
-                assert sim.units[2].read("coil", 0, 1) == [False]
-                waiting = _cmd(relay, True, ttl_ms=60_000)
-                _m, final, seen = await asyncio.to_thread(
-                    send_command, waiting, platform, host=mosquitto.host, port=mosquitto.port,
-                    wait=2.0, gateway_keys={kid_for(gw): gw})
-                assert final is None and [r.status for r in seen] == ["accepted"]
-                assert waiting.id in run.gateway.status()["commands"]["pending"]
-                assert sim.units[2].read("coil", 0, 1) == [False]
-                doomed = _cmd(relay, False, ttl_ms=1_500)
-                res = await _send(mosquitto, doomed, platform, gw, wait=15)
-                assert res is not None and (res.status, res.reason) == ("expired", "expired")
-                await sim.start()
-                deadline = time.monotonic() + 20
-                while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
-                assert sim.units[2].read("coil", 0, 1) == [True]
-                await asyncio.sleep(0.5)
-                row = sqlite3.connect(state / "buffer.db").execute(
-                    "SELECT state, result FROM commands WHERE id = ?", (waiting.id,)).fetchone()
-                assert row[0] == "final"
-                _kid, body = open1(row[1], {kid_for(gw): gw})
-                done = decode_result(body)
-                assert (done.status, done.value) == ("done", True)
-        finally:
-            await sim.close()
+        async with _relay_cabinet(mosquitto, state, platform, retry="200ms") as (
+                run, sim, writes):
+            gw = _gw_key(state)
+            await sim.stop()
+            assert sim.units[2].read("coil", 0, 1) == [False]
+            waiting = _cmd(relay, True, ttl_ms=60_000)
+            _m, final, seen = await asyncio.to_thread(
+                send_command, waiting, platform, host=mosquitto.host, port=mosquitto.port,
+                wait=2.0, gateway_keys={kid_for(gw): gw})
+            assert final is None and [r.status for r in seen] == ["accepted"]
+            assert waiting.id in run.gateway.status()["commands"]["pending"]
+            assert sim.units[2].read("coil", 0, 1) == [False]
+            doomed = _cmd(relay, False, ttl_ms=1_500)
+            res = await _send(mosquitto, doomed, platform, gw, wait=15)
+            assert res is not None and (res.status, res.reason) == ("expired", "expired")
+            await sim.start()
+            deadline = time.monotonic() + 20
+            while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert sim.units[2].read("coil", 0, 1) == [True]
+            await asyncio.sleep(0.5)
+            row = sqlite3.connect(state / "buffer.db").execute(
+                "SELECT state, result FROM commands WHERE id = ?", (waiting.id,)).fetchone()
+            assert row[0] == "final"
+            _kid, body = open1(row[1], {kid_for(gw): gw})
+            done = decode_result(body)
+            assert (done.status, done.value) == ("done", True)
 
     asyncio.run(scenario())
 
@@ -402,70 +422,52 @@ def test_a_result_lost_in_a_broker_outage_arrives_later_and_the_write_happens_on
     """The device comes back while the broker is away: the write happens, its result cannot
     be published; after the broker returns the result arrives, and the platform sending the
     same command again (it never saw a result) does not write a second time."""
-    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
     from gateway.command_cli import _publish  # noqa: PLC0415
     from ingest.subscriber import BatchSubscriber  # noqa: PLC0415
 
     state = tmp_path / "state"
-    relay = "bus-1/io-1/relay_1"
+    relay = RELAY
 
     async def scenario() -> None:
-        # The simulator's coils toggle every 5 s unless pinned (or written).
-        sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
-        writes: list[Any] = []
-        sim.on_write = writes.append
-        port = await sim.serve_tcp()
-        device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
-                  "backoff_max": "300ms"}
-        drivers = {"modbus": [{"instance": "bus-1", "bus": {
-            "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
-            "reconnect_max": "300ms"},
-            "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
-        section = _commands(state, platform.public_key(), writable=[
-            {"point": relay, "allowed": [True, False], "min_interval": "0s"}], actions=[],
-            retry="200ms")
         cmd = _cmd(relay, True, ttl_ms=60_000)
         message = sign_command(cmd, platform)
-        try:
-            async with running_gateway(drivers, mosquitto, state, commands=section) as run:
-                gw = _gw_key(state)
-                await _subscribed(run)
-                await sim.stop()
-                assert await asyncio.to_thread(_publish, mosquitto.host, mosquitto.port,
-                                               "streetgate/cab-test/cmd", message)
-                await asyncio.sleep(1.0)  # accepted, waiting for the device
-                mosquitto.stop()
-                await sim.start()
+        async with _relay_cabinet(mosquitto, state, platform, retry="200ms") as (
+                run, sim, writes):
+            gw = _gw_key(state)
+            await sim.stop()
+            assert await asyncio.to_thread(_publish, mosquitto.host, mosquitto.port,
+                                           "streetgate/cab-test/cmd", message)
+            await asyncio.sleep(1.0)  # accepted, waiting for the device
+            mosquitto.stop()
+            await sim.start()
+            deadline = time.monotonic() + 20
+            while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert sim.units[2].read("coil", 0, 1) == [True]
+            await asyncio.sleep(0.5)
+            row = sqlite3.connect(state / "buffer.db").execute(
+                "SELECT state, result_sent FROM commands WHERE id = ?", (cmd.id,)).fetchone()
+            assert row == ("final", 0)  # stored, not yet acknowledged by a broker
+            sub = BatchSubscriber(mosquitto.host, mosquitto.port,
+                                  "streetgate/cab-test/cmd/result")
+            mosquitto.start()
+            await asyncio.to_thread(sub.start)
+            try:
+                got: list[Result] = []
                 deadline = time.monotonic() + 20
-                while sim.units[2].read("coil", 0, 1) != [True] and time.monotonic() < deadline:
+                while not got and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
-                assert sim.units[2].read("coil", 0, 1) == [True]
-                await asyncio.sleep(0.5)
-                row = sqlite3.connect(state / "buffer.db").execute(
-                    "SELECT state, result_sent FROM commands WHERE id = ?", (cmd.id,)).fetchone()
-                assert row == ("final", 0)  # stored, not yet acknowledged by a broker
-                sub = BatchSubscriber(mosquitto.host, mosquitto.port,
-                                      "streetgate/cab-test/cmd/result")
-                mosquitto.start()
-                await asyncio.to_thread(sub.start)
-                try:
-                    got: list[Result] = []
-                    deadline = time.monotonic() + 20
-                    while not got and time.monotonic() < deadline:
-                        await asyncio.sleep(0.1)
-                        while not sub.messages.empty():
-                            _t, payload = sub.messages.get()
-                            _kid, body = open1(payload, {kid_for(gw): gw})
-                            got.append(decode_result(body))
-                    assert [(r.id, r.status, r.value) for r in got] == [(cmd.id, "done", True)]
-                finally:
-                    sub.stop()
-                again = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
-                assert again is not None and (again.status, again.ts) == ("done", got[0].ts)
-                relay_writes = [w for w in writes if w.refused is None]
-                assert len(relay_writes) == 1, relay_writes
-        finally:
-            await sim.close()
+                    while not sub.messages.empty():
+                        _t, payload = sub.messages.get()
+                        _kid, body = open1(payload, {kid_for(gw): gw})
+                        got.append(decode_result(body))
+                assert [(r.id, r.status, r.value) for r in got] == [(cmd.id, "done", True)]
+            finally:
+                sub.stop()
+            again = await asyncio.to_thread(_raw_roundtrip, mosquitto, message, gw)
+            assert again is not None and (again.status, again.ts) == ("done", got[0].ts)
+            relay_writes = [w for w in writes if w.refused is None]
+            assert len(relay_writes) == 1, relay_writes
 
     asyncio.run(scenario())
 
@@ -556,50 +558,33 @@ def test_a_config_that_would_lock_the_platform_out_is_refused(
 
 def test_commands_waiting_for_a_device_run_in_the_order_they_were_accepted(
         mosquitto: Mosquitto, tmp_path: Path, platform: Any) -> None:
-    from drivers.modbus.sim import ModbusSimulator, profile_unit  # noqa: PLC0415
     from gateway.command_cli import _publish  # noqa: PLC0415
 
     state = tmp_path / "state"
-    relay = "bus-1/io-1/relay_1"
+    relay = RELAY
 
     async def scenario() -> None:
-        sim = ModbusSimulator([profile_unit(2, "io-module", values={"relay_1": False})])
-        writes: list[Any] = []
-        sim.on_write = writes.append
-        port = await sim.serve_tcp()
-        device = {"interval": "200ms", "timeout": "200ms", "retries": 0, "dead_after": 2,
-                  "backoff_max": "300ms"}
-        drivers = {"modbus": [{"instance": "bus-1", "bus": {
-            "kind": "tcp", "host": "127.0.0.1", "port": port, "connect_timeout": "300ms",
-            "reconnect_max": "300ms"},
-            "devices": [{"name": "io-1", "unit": 2, "profile": "io-module", **device}]}]}
-        section = _commands(state, platform.public_key(), writable=[
-            {"point": relay, "allowed": [True, False], "min_interval": "0s"}], actions=[],
-            retry="300ms")
-        try:
-            async with running_gateway(drivers, mosquitto, state, commands=section) as run:
-                await _subscribed(run)
-                await sim.stop()
-                order = [_cmd(relay, v, ttl_ms=60_000) for v in (True, False, True, False)]
-                for cmd in order:
-                    assert await asyncio.to_thread(_publish, mosquitto.host, mosquitto.port,
-                                                   "streetgate/cab-test/cmd",
-                                                   sign_command(cmd, platform))
-                await asyncio.sleep(2.0)  # every one of them retried a few times meanwhile
-                await sim.start()
-                conn = sqlite3.connect(state / "buffer.db")
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    done = conn.execute("SELECT count(*) FROM commands WHERE state = 'final'"
-                                        ).fetchone()[0]
-                    if done == len(order):
-                        break
-                    await asyncio.sleep(0.1)
-                taken = [bool(w.items[0]) for w in writes if w.refused is None]
-                assert taken == [True, False, True, False]
-                assert sim.units[2].read("coil", 0, 1) == [False]
-                assert run.gateway.status()["commands"]["done"] == 4
-        finally:
-            await sim.close()
+        async with _relay_cabinet(mosquitto, state, platform, retry="300ms") as (
+                run, sim, writes):
+            await sim.stop()
+            order = [_cmd(relay, v, ttl_ms=60_000) for v in (True, False, True, False)]
+            for cmd in order:
+                assert await asyncio.to_thread(_publish, mosquitto.host, mosquitto.port,
+                                               "streetgate/cab-test/cmd",
+                                               sign_command(cmd, platform))
+            await asyncio.sleep(2.0)  # every one of them retried a few times meanwhile
+            await sim.start()
+            conn = sqlite3.connect(state / "buffer.db")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                done = conn.execute("SELECT count(*) FROM commands WHERE state = 'final'"
+                                    ).fetchone()[0]
+                if done == len(order):
+                    break
+                await asyncio.sleep(0.1)
+            taken = [bool(w.items[0]) for w in writes if w.refused is None]
+            assert taken == [True, False, True, False]
+            assert sim.units[2].read("coil", 0, 1) == [False]
+            assert run.gateway.status()["commands"]["done"] == 4
 
     asyncio.run(scenario())
