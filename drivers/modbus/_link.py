@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import struct
 import termios
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +27,9 @@ from pymodbus.pdu.bit_message import (
 )
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
     ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
     WriteMultipleRegistersRequest,
     WriteSingleRegisterRequest,
 )
@@ -45,13 +48,59 @@ from drivers.modbus._errors import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["Link", "RtuLink", "TcpLink", "check_response", "read_request", "write_request"]
+__all__ = ["Link", "RtuLink", "TcpLink", "check_response", "client_decoder", "read_request",
+           "registers_bytes", "write_request"]
 
 _REQUESTS: dict[str, Callable[..., ModbusPDU]] = {
     "coil": ReadCoilsRequest, "discrete": ReadDiscreteInputsRequest,
     "holding": ReadHoldingRegistersRequest, "input": ReadInputRegistersRequest,
 }
 _MBAP = 7  # MBAP header bytes (Modbus Messaging on TCP/IP Implementation Guide V1.0b §3.1.3)
+
+
+class _RegistersAnswer(ReadHoldingRegistersResponse):
+    """pymodbus's answer to FC 3, decoded with one unpack, keeping its bytes in ``raw``.
+
+    Registered with the link's ``DecodePDU`` (pymodbus's way to add PDU classes), so framing,
+    dispatch and the error answers stay pymodbus's. The block decoders read ``raw`` directly.
+    """
+
+    raw: bytes = b""
+
+    def decode(self, data: bytes) -> None:
+        size = int(data[0])
+        if size >= len(data) or size % 2:
+            # What pymodbus's own decode fails on (DecodePDU turns it into None).
+            raise ValueError(f"byte_count {size} in a packet of {len(data)} bytes")
+        self.raw = data[1:1 + size]
+        self.registers = list(struct.unpack_from(f">{size // 2}H", data, 1))
+
+    def __str__(self) -> str:
+        # DecodePDU formats every PDU for a debug line even when debug logging is off.
+        return (f"{type(self).__name__}(dev_id={self.dev_id}, "
+                f"transaction_id={self.transaction_id}, {len(self.registers)} registers)")
+
+
+class _InputAnswer(_RegistersAnswer):
+    """The same for FC 4."""
+
+    function_code = ReadInputRegistersResponse.function_code
+
+
+def client_decoder() -> DecodePDU:
+    """pymodbus's client-side PDU decoder, with the register answers above."""
+    decoder = DecodePDU(is_server=False)
+    decoder.register(_RegistersAnswer)
+    decoder.register(_InputAnswer)
+    return decoder
+
+
+def registers_bytes(response: ModbusPDU) -> bytes:
+    """A register read's data as received: two bytes per register, big-endian."""
+    raw = getattr(response, "raw", None)
+    if isinstance(raw, bytes) and len(raw) == 2 * len(response.registers):
+        return raw
+    return struct.pack(f">{len(response.registers)}H", *response.registers)
 
 
 def read_request(table: str, address: int, count: int, unit: int) -> ModbusPDU:
@@ -151,7 +200,7 @@ class RtuLink:
         self.port = port
         self._params = {"baudrate": baud, "bytesize": 8, "parity": parity,
                         "stopbits": stop_bits, "timeout": 0}
-        self._framer = FramerRTU(DecodePDU(is_server=False))
+        self._framer = FramerRTU(client_decoder())
         self._transport: asyncio.BaseTransport | None = None
         self._buf = bytearray()
         self._event = asyncio.Event()
@@ -230,7 +279,7 @@ class TcpLink:
         self.host = host
         self.port = port
         self._connect_timeout = connect_timeout
-        self._framer = FramerSocket(DecodePDU(is_server=False))
+        self._framer = FramerSocket(client_decoder())
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._pending: dict[int, tuple[ModbusPDU, asyncio.Future[ModbusPDU]]] = {}

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 
 from drivers.api import Backoff, HealthBoard
 from drivers.modbus._errors import ModbusError, PortUnavailableError, ResponseTimeoutError
-from drivers.modbus._link import Link, RtuLink, TcpLink, read_request, write_request
+from drivers.modbus._link import (
+    Link,
+    RtuLink,
+    TcpLink,
+    read_request,
+    registers_bytes,
+    write_request,
+)
 
 if TYPE_CHECKING:
     import logging
@@ -47,8 +54,8 @@ _TCP_RESET_AFTER = 3
 def make_link(cfg: BusConfig) -> Link:
     """The link for a bus config."""
     if cfg.kind == "rtu":
-        return RtuLink(str(cfg.port), baud=cfg.baud, parity=cfg.parity,
-                       stop_bits=cfg.stop_bits)
+        baud, parity, stop_bits = cfg.line
+        return RtuLink(str(cfg.port), baud=baud, parity=parity, stop_bits=stop_bits)
     return TcpLink(str(cfg.host), cfg.tcp_port, connect_timeout=float(cfg.connect_timeout))
 
 
@@ -106,7 +113,7 @@ class Bus:
         self.link = link or make_link(cfg)
         self._health = health
         self._log = log
-        self.gate = PriorityGate(cfg.max_in_flight)
+        self.gate = PriorityGate(cfg.in_flight)
         self._opening = asyncio.Lock()
         self._backoff = Backoff(base=0.2, cap=float(cfg.reconnect_max))
         self._retry_at = 0.0
@@ -123,13 +130,30 @@ class Bus:
         Raises:
             ModbusError: the subclass says what went wrong (see ``_errors``).
         """
-        request = read_request(table, address, count, unit)
-        # Time on the wire counts too: request + answer at the line's baud rate.
-        data = math.ceil(count / 8) if table in ("coil", "discrete") else 2 * count
-        response = await self._transact(request, reply_timeout, 8 + 5 + data, priority)
+        response = await self._read(unit, table, address, count, reply_timeout,
+                                    priority=priority)
         if table in ("coil", "discrete"):
             return list(response.bits[:count])
         return list(response.registers)
+
+    async def read_block(self, unit: int, table: str, address: int, count: int,
+                         reply_timeout: float) -> bytes | Sequence[bool]:
+        """Like :meth:`read`, but registers as received: ``2 * count`` bytes, big-endian.
+
+        Raises:
+            ModbusError: the subclass says what went wrong (see ``_errors``).
+        """
+        response = await self._read(unit, table, address, count, reply_timeout, priority=POLL)
+        if table in ("coil", "discrete"):
+            return response.bits
+        return registers_bytes(response)
+
+    async def _read(self, unit: int, table: str, address: int, count: int,
+                    reply_timeout: float, *, priority: int) -> ModbusPDU:
+        request = read_request(table, address, count, unit)
+        # Time on the wire counts too: request + answer at the line's baud rate.
+        data = math.ceil(count / 8) if table in ("coil", "discrete") else 2 * count
+        return await self._transact(request, reply_timeout, 8 + 5 + data, priority)
 
     async def write(self, unit: int, table: str, address: int,
                     items: Sequence[int] | Sequence[bool], reply_timeout: float, *,

@@ -1,4 +1,5 @@
-"""``streetgate sim modbus`` and the field tools ``streetgate modbus scan|read|write``."""
+"""``streetgate sim modbus``, the field tools ``streetgate modbus scan|read|write`` and the
+fleet bench ``streetgate modbus bench``."""
 
 from __future__ import annotations
 
@@ -78,6 +79,28 @@ def _register_tools(tools: Subparsers[argparse.ArgumentParser]) -> None:
                    help="only these wide types in the side-by-side table")
     r.set_defaults(func=cmd_read)
     _register_write(sub)
+    _register_bench(sub)
+
+
+def _register_bench(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("bench", help="CPU per reading polling a simulated fleet over TCP",
+                       description="Poll DEVICES simulated units of REGISTERS holding registers "
+                                   "each every INTERVAL (simulator in its own process) and "
+                                   "print CPU per reading, readings/s, polls on time, lost.")
+    b.add_argument("--devices", type=int, default=50, help="units (default %(default)s)")
+    b.add_argument("--registers", type=int, default=100,
+                   help="u16 holding registers per unit (default %(default)s)")
+    b.add_argument("--interval", type=_duration, default=Duration(0.1),
+                   help="poll period (default %(default)ss)")
+    b.add_argument("--seconds", type=float, default=10.0,
+                   help="measured time (default %(default)s)")
+    b.add_argument("--in-flight", type=int, default=1, help="max_in_flight of the bus")
+    b.add_argument("--startup", action="store_true",
+                   help="also time `check` and `run` to the first batch at a private broker "
+                        "(needs mosquitto), and the daemon's CPU per reading")
+    b.add_argument("--points", action="store_true",
+                   help="with --startup: one point table per register instead of a range")
+    b.set_defaults(func=cmd_bench)
 
 
 def _register_write(sub: Subparsers[argparse.ArgumentParser]) -> None:
@@ -360,4 +383,19 @@ def cmd_write(args: argparse.Namespace) -> int:
                           "type": kind, "written": value, "value": got}))
     else:
         print(f"{where}: wrote {value!r}, read back {got!r}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from drivers.modbus._bench_fleet import bench_fleet  # noqa: PLC0415 - only when asked
+
+    out: dict[str, Any] = {"poll": bench_fleet(args.devices, args.registers,
+                                               float(args.interval), args.seconds,
+                                               args.in_flight)}
+    if args.startup:
+        from drivers.modbus._bench_startup import bench_startup  # noqa: PLC0415
+
+        out["startup"] = bench_startup(args.devices, args.registers, float(args.interval),
+                                       min(args.seconds, 10.0), ranges=not args.points)
+    print(json.dumps(out, indent=2))
     return 0

@@ -44,7 +44,9 @@ __all__ = [
     "decode",
     "encode",
     "encode_exact",
+    "places",
     "registers_to_bytes",
+    "scaled",
     "short_f32",
 ]
 
@@ -102,7 +104,7 @@ def bytes_to_registers(data: bytes, byte_order: Order, word_order: Order) -> lis
     return regs if word_order == "big" else regs[::-1]
 
 
-def _places(x: float) -> int:
+def places(x: float) -> int:
     """Decimals in the shortest repr of ``x`` (0.1 -> 1, 2.5e-05 -> 6, 1000.0 -> 0)."""
     text = repr(float(x))
     mantissa, _, exp = text.partition("e")
@@ -123,11 +125,12 @@ def short_f32(x: float) -> float:
     return x
 
 
-def _scaled(raw: float, spec: PointSpec) -> Value:
+def scaled(raw: float, spec: PointSpec) -> Value:
+    """``raw * scale + offset``, rounded to the decimals of the three (see module doc)."""
     if spec.scale == 1 and spec.offset == 0:
         return raw
     value = raw * spec.scale + spec.offset
-    return round(value, max(_places(raw) + _places(spec.scale), _places(spec.offset)))
+    return round(value, max(places(raw) + places(spec.scale), places(spec.offset)))
 
 
 def decode(spec: PointSpec, data: list[int] | list[bool]) -> tuple[Value, Quality]:
@@ -146,7 +149,7 @@ def decode(spec: PointSpec, data: list[int] | list[bool]) -> tuple[Value, Qualit
             return None, Quality.OUT_OF_RANGE
         if spec.type == "f32":
             raw = short_f32(raw)
-    return _scaled(raw, spec), Quality.GOOD
+    return scaled(raw, spec), Quality.GOOD
 
 
 def _raw_number(spec: PointSpec, value: float) -> int | float:

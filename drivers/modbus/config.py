@@ -1,6 +1,9 @@
-"""Schema of the ``modbus`` driver: one bus, its devices, their points."""
+"""Schema of the ``modbus`` driver: one bus, its devices, their points.
 
-from __future__ import annotations
+Annotations here are evaluated when the classes are made (no ``from __future__ import
+annotations``): the config loader reads each table's type hints, and evaluating string
+annotations for every table of a large config was most of ``streetgate check``'s time.
+"""
 
 from dataclasses import dataclass
 from typing import Literal
@@ -14,6 +17,7 @@ __all__ = [
     "Order",
     "PointConfig",
     "PointType",
+    "RangeConfig",
     "Table",
     "Workarounds",
 ]
@@ -23,6 +27,7 @@ PointType = Literal["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "str
 Order = Literal["big", "little"]
 
 NAME = r"[A-Za-z0-9_.-]+"
+RTU_BAUD = 9600
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +52,34 @@ class PointConfig:
     interval: Duration | None = option(None, doc="poll period of this point (default: the "
                                        "device's)", minimum=0.01)
     enabled: bool = option(True, doc="false drops a point inherited from the profile")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RangeConfig:
+    """Consecutive points of one type: ``count`` points from ``start``, each right after the
+    one before (a u32 or f32 every 2 registers, a u64 or f64 every 4)."""
+
+    name: str = option(doc='point names, with {i} for the number of each point ("reg_{i}") '
+                       "or {address} for its address")
+    table: Table | None = option(None, doc="holding, input, coil or discrete (default holding)")
+    start: int = option(doc="0-based protocol address of the first point", minimum=0,
+                        maximum=65535)
+    count: int = option(doc="how many points", minimum=1, maximum=65536)
+    first: int = option(0, doc="the {i} of the first point", minimum=0)
+    type: PointType | None = option(None, doc="u16 (default), i16, u32, i32, u64, i64, f32, "
+                                    "f64; bit for coils and discrete inputs")
+    byte_order: Order | None = option(None, doc="byte order inside a register (default big)")
+    word_order: Order | None = option(None, doc="register order of wide values (default big)")
+    scale: float | None = option(None, doc="value = raw * scale + offset (default 1)")
+    offset: float | None = option(None, doc="added after scaling (default 0)")
+    unit: str | None = option(None, doc="SenML unit name of every point")
+    interval: Duration | None = option(None, doc="poll period of these points (default: the "
+                                       "device's)", minimum=0.01)
+
+    def validate(self) -> list[tuple[str, str]]:
+        from drivers.modbus.ranges import range_issues  # noqa: PLC0415 - import cycle
+
+        return range_issues(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +114,9 @@ class DeviceConfig:
     backoff_max: Duration = option(Duration(60.0), doc="longest wait between polls of a "
                                    "dead device", minimum=0.01)
     points: list[PointConfig] = option(factory=list, doc="points added to or overriding "
-                                       "the profile's")
+                                       "the profile's (also points made by ranges)")
+    ranges: list[RangeConfig] = option(factory=list, doc="blocks of consecutive points of "
+                                       "one type, added to the profile's")
     workarounds: Workarounds = option(factory=Workarounds, doc="device quirks")
 
     def validate(self) -> list[tuple[str, str]]:
@@ -92,23 +127,48 @@ class DeviceConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BusConfig:
-    """The line (RTU) or the socket (TCP) the devices share."""
+    """The line (RTU) or the socket (TCP) the devices share.
+
+    Settings of the other kind are left unset (None), so the resolved config (``streetgate
+    check``) shows only what applies: a TCP bus has no baud rate, an RTU line no pipelining.
+    """
 
     kind: Literal["rtu", "tcp"] = option(doc="rtu (RS-485 serial line) or tcp")
     port: str | int | None = option(None, doc="rtu: device path; tcp: port (default 502)")
     host: str | None = option(None, doc="tcp: host name or address")
-    baud: int = option(9600, doc="rtu: bits per second", minimum=300, maximum=4_000_000)
-    parity: Literal["N", "E", "O"] = option("E", doc="rtu: N, E or O")
-    stop_bits: Literal[1, 2] = option(1, doc="rtu: 1 or 2")
+    baud: int | None = option(None, doc="rtu: bits per second (default 9600)", minimum=300,
+                              maximum=4_000_000)
+    parity: Literal["N", "E", "O"] | None = option(None, doc="rtu: N, E (default) or O")
+    stop_bits: Literal[1, 2] | None = option(None, doc="rtu: 1 (default) or 2")
     inter_frame_delay: Duration | None = option(
         None, doc="rtu: silence between frames (default 3.5 characters, at least 1.75ms)",
         maximum=1.0)
-    max_in_flight: int = option(1, doc="tcp: 1 serializes requests; more pipelines them",
-                                minimum=1, maximum=64)
+    max_in_flight: int | None = option(None, doc="tcp: 1 (default) serializes requests; more "
+                                       "pipelines them", minimum=1, maximum=64)
     connect_timeout: Duration = option(Duration(2.0), doc="opening the port or connection",
                                        minimum=0.01)
     reconnect_max: Duration = option(Duration(30.0), doc="longest wait between attempts to "
                                      "reopen a missing port", minimum=0.01)
+
+    def __post_init__(self) -> None:
+        defaults: dict[str, object] = (
+            {"baud": RTU_BAUD, "parity": "E", "stop_bits": 1} if self.kind == "rtu"
+            else {"max_in_flight": 1, "port": 502})
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)  # frozen: defaults of the bus's kind
+        if self.kind == "rtu" and self.max_in_flight == 1:
+            object.__setattr__(self, "max_in_flight", None)  # always 1 on a line
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions at once: ``max_in_flight`` on TCP, one on a line."""
+        return self.max_in_flight or 1
+
+    @property
+    def line(self) -> tuple[int, str, int]:
+        """(baud, parity, stop bits) of an RTU line."""
+        return self.baud or RTU_BAUD, self.parity or "E", self.stop_bits or 1
 
     def validate(self) -> list[tuple[str, str]]:
         if self.kind == "rtu":
@@ -122,7 +182,7 @@ class BusConfig:
                                     f"kind rtu; got {_shown(self.port)}")))
         if self.host is not None:
             issues.append(("host", "only for kind tcp"))
-        if self.max_in_flight != 1:
+        if self.max_in_flight is not None:
             issues.append(("max_in_flight", ("expected 1 for kind rtu: RS-485 is half duplex "
                                              "(one transaction at a time); got "
                                              f"{self.max_in_flight}")))
@@ -136,8 +196,9 @@ class BusConfig:
                                       or not 1 <= self.port <= 65535):
             issues.append(("port", "expected a TCP port 1-65535 for kind tcp; got "
                                    + _shown(self.port)))
-        if self.inter_frame_delay is not None:
-            issues.append(("inter_frame_delay", "only for kind rtu"))
+        issues += [(key, "only for kind rtu") for key in ("baud", "parity", "stop_bits",
+                                                          "inter_frame_delay")
+                   if getattr(self, key) is not None]
         return issues
 
     @property
@@ -148,18 +209,20 @@ class BusConfig:
         """Inter-frame silence t3.5 (Modbus over Serial Line V1.02 §2.5.1.1)."""
         if self.inter_frame_delay is not None:
             return float(self.inter_frame_delay)
-        if self.baud > 19200:
+        baud = self.line[0]
+        if baud > 19200:
             return 0.00175
-        return 3.5 * 11 / self.baud
+        return 3.5 * 11 / baud
 
     def char_time(self) -> float:
         """Seconds per character: 11 bits (start, 8 data, parity or 2nd stop, stop)."""
-        return 11 / self.baud if self.kind == "rtu" else 0.0
+        return 11 / self.line[0] if self.kind == "rtu" else 0.0
 
     def describe(self) -> str:
         if self.kind == "tcp":
             return f"tcp://{self.host}:{self.tcp_port}"
-        return f"{self.port} {self.baud} 8{self.parity}{self.stop_bits}"
+        baud, parity, stop_bits = self.line
+        return f"{self.port} {baud} 8{parity}{stop_bits}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -78,23 +78,22 @@ def plan(points: Sequence[PointSpec], *, max_block: int = 125, max_gap: int = 0)
     return out
 
 
-def _run_ok(spans: Sequence[tuple[int, int]], limit: int, gap: int) -> bool:
-    end = spans[0][0] + spans[0][1]
-    for address, count in spans[1:]:
-        if address - end > gap:
-            return False
-        end = max(end, address + count)
-    return end - spans[0][0] <= limit
-
-
 def optimum(spans: Iterable[tuple[int, int]], limit: int, gap: int) -> int:
-    """Fewest requests under the same rules, by dynamic programming over sorted runs."""
+    """Fewest requests under the same rules, by dynamic programming over sorted runs.
+
+    A run that breaks a rule stays broken when it grows at its end, so from each start the
+    runs are extended only while they hold: O(n * run length), not O(n^3).
+    """
     ordered = sorted(set(spans))
     best = [0] + [len(ordered) + 1] * len(ordered)
-    for i in range(1, len(ordered) + 1):
-        for j in range(i - 1, -1, -1):
-            if ordered[i - 1][0] + ordered[i - 1][1] - ordered[j][0] > limit:
+    for j, (start, count) in enumerate(ordered):
+        end = start + count
+        for i in range(j, len(ordered)):
+            address, size = ordered[i]
+            if i > j and address - end > gap:
                 break
-            if _run_ok(ordered[j:i], limit, gap):
-                best[i] = min(best[i], best[j] + 1)
+            end = max(end, address + size)
+            if end - start > limit:
+                break
+            best[i + 1] = min(best[i + 1], best[j] + 1)
     return best[-1]

@@ -13,13 +13,15 @@ on its normal schedule.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drivers.api import HealthBoard, Quality, Reading, Sink
-from drivers.modbus import codec
 from drivers.modbus._errors import Failure, ModbusError, classify
+from drivers.modbus.decoders import BlockDecoder
 from drivers.modbus.planner import Block, plan
 
 if TYPE_CHECKING:
@@ -31,6 +33,22 @@ if TYPE_CHECKING:
     from drivers.modbus.config import DeviceConfig
 
 __all__ = ["DevicePoller"]
+
+#: ``Reading`` from a 5-tuple in C: ``Reading(...)`` is a Python-level ``__new__``.
+_reading = functools.partial(tuple.__new__, Reading)
+_GOOD = Quality.GOOD
+
+
+class _Step:
+    """A block of a plan, with what its readings need, worked out once."""
+
+    __slots__ = ("block", "decoder", "names", "units")
+
+    def __init__(self, block: Block, prefix: str) -> None:
+        self.block = block
+        self.decoder = BlockDecoder(block.table, block.start, block.points)
+        self.names = [prefix + p.name for p in block.points]
+        self.units = [p.unit for p in block.points]
 
 
 @dataclass
@@ -56,8 +74,9 @@ class DevicePoller:
         for p in points:
             groups.setdefault(p.interval or float(dev.interval), []).append(p)
         self._schedules = [_Schedule(k, v) for k, v in sorted(groups.items())]
-        self._plans: dict[tuple[int, ...], list[Block]] = {}
-        self.full_plan = self._plan(tuple(range(len(self._schedules))))
+        self._plans: dict[tuple[int, ...], list[_Step]] = {}
+        self._full = self._plan(tuple(range(len(self._schedules))))
+        self.full_plan = [step.block for step in self._full]
         #: Failed polls in a row; at ``dead_after`` the device is backed off.
         self.failed = 0
         self._retry_at: float | None = None
@@ -65,10 +84,11 @@ class DevicePoller:
     def point_names(self) -> list[tuple[str, str | None]]:
         return [(self._prefix + p.name, p.unit) for p in self.points]
 
-    def _plan(self, due: tuple[int, ...]) -> list[Block]:
+    def _plan(self, due: tuple[int, ...]) -> list[_Step]:
         if due not in self._plans:
             pts = [p for i in due for p in self._schedules[i].points]
-            self._plans[due] = plan(pts, max_block=self.dev.max_block, max_gap=self.dev.max_gap)
+            blocks = plan(pts, max_block=self.dev.max_block, max_gap=self.dev.max_gap)
+            self._plans[due] = [_Step(b, self._prefix) for b in blocks]
         return self._plans[due]
 
     async def run(self, sink: Sink) -> None:
@@ -84,7 +104,7 @@ class DevicePoller:
             if delay > 0:
                 await asyncio.sleep(delay)
             if self._retry_at is not None:
-                answered = await self.poll(self.full_plan, sink, probe=True)
+                answered = await self.poll(self._full, sink, probe=True)
             else:
                 due = tuple(i for i, s in enumerate(self._schedules) if s.due <= loop.time())
                 if not due:
@@ -125,30 +145,31 @@ class DevicePoller:
         self._retry_at = now + delay
         backoffs[self.dev.name] = round(delay, 3)
 
-    async def poll(self, blocks: Sequence[Block], sink: Sink, *, probe: bool = False) -> bool:
-        """Read ``blocks`` once and emit a reading for each of their points.
+    async def poll(self, steps: Sequence[_Step], sink: Sink, *, probe: bool = False) -> bool:
+        """Read the blocks of ``steps`` once and emit a reading for each of their points.
 
         Returns whether the device answered at all (data or an exception PDU).
         """
         readings: list[Reading] = []
         answered = False
         first: Failure | None = None
-        for n, block in enumerate(blocks):
+        for n, step in enumerate(steps):
             attempts = 1 if probe and not answered else 1 + self.dev.retries
-            values, failure = await self._read(block, attempts)
+            data, failure = await self._read(step.block, attempts)
             ts = sink.now_ms()
-            if failure is None:
+            if failure is None and data is not None:
                 answered = True
-                readings += self._decoded(block, values or [], ts)
+                readings += self._decoded(step, data, ts)
                 continue
+            assert failure is not None  # noqa: S101 - _read returns data or a failure
             first = first or failure
             answered = answered or failure.quality is Quality.EXCEPTION
             if failure.silent and (not answered or failure.quality is Quality.UNAVAILABLE):
                 # Nothing answered: the rest of the poll would only wait for timeouts too.
-                for rest in blocks[n:]:
+                for rest in steps[n:]:
                     readings += self._bad(rest, failure, ts)
                 break
-            readings += self._bad(block, failure, ts)
+            readings += self._bad(step, failure, ts)
         sink.emit(readings)
         self.health.count("polls")
         if first is None:
@@ -158,14 +179,14 @@ class DevicePoller:
         return answered
 
     async def _read(self, block: Block, attempts: int) -> tuple[
-            Sequence[int] | Sequence[bool] | None, Failure | None]:
+            bytes | Sequence[bool] | None, Failure | None]:
         failure: Failure | None = None
         for attempt in range(attempts):
             if attempt:
                 self.health.count("retries")
             try:
-                values = await self.bus.read(self.dev.unit, block.table, block.start,
-                                             block.count, float(self.dev.timeout))
+                values = await self.bus.read_block(self.dev.unit, block.table, block.start,
+                                                   block.count, float(self.dev.timeout))
             except ModbusError as exc:
                 failure = classify(exc)
                 self.health.count(failure.counter)
@@ -177,17 +198,16 @@ class DevicePoller:
                 return values, None
         return None, failure
 
-    def _decoded(self, block: Block, values: Sequence[int] | Sequence[bool],
-                 ts: int) -> list[Reading]:
-        out = []
-        for p in block.points:
-            offset = p.address - block.start
-            value, quality = codec.decode(p, list(values[offset:offset + p.count]))
-            if quality is not Quality.GOOD:
-                self.health.count("out_of_range")
-            out.append(Reading(self._prefix + p.name, ts, value, quality, p.unit))
-        return out
+    def _decoded(self, step: _Step, data: bytes | Sequence[bool], ts: int) -> list[Reading]:
+        values, qualities = step.decoder.decode(data)
+        if qualities is None:
+            return list(map(_reading, zip(step.names, itertools.repeat(ts), values,
+                                          itertools.repeat(_GOOD), step.units)))
+        self.health.count("out_of_range", sum(q is not _GOOD for q in qualities))
+        return list(map(_reading, zip(step.names, itertools.repeat(ts), values, qualities,
+                                      step.units)))
 
-    def _bad(self, block: Block, failure: Failure, ts: int) -> list[Reading]:
-        return [Reading(self._prefix + p.name, ts, failure.value, failure.quality, p.unit)
-                for p in block.points]
+    def _bad(self, step: _Step, failure: Failure, ts: int) -> list[Reading]:
+        return list(map(_reading, zip(step.names, itertools.repeat(ts),
+                                      itertools.repeat(failure.value),
+                                      itertools.repeat(failure.quality), step.units)))

@@ -1,9 +1,11 @@
 """Device profiles (register maps as TOML, shipped here) and point resolution.
 
-A device's points are its profile's points, then the device's own ``points`` entries: an
-entry whose name matches a profile point overrides the fields it sets (``enabled = false``
-drops it); any other entry adds a point. Defaults fill the rest, in this order: point,
-device (``byte_order``/``word_order``), profile, built-in (holding, u16, big, big, 1, 0).
+A device's points are its profile's points and ranges, then the device's own ranges, then
+its ``points`` entries: an entry whose name matches a point already there (from the profile
+or a range) overrides the fields it sets (``enabled = false`` drops it); any other entry adds
+a point. A range may not make a point whose name is already taken. Defaults fill the rest,
+in this order: point, device (``byte_order``/``word_order``), profile, built-in (holding,
+u16, big, big, 1, 0).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from drivers.api import ConfigError, load, option
 from drivers.modbus.codec import BIT_TABLES, REGISTERS, PointSpec
-from drivers.modbus.config import DeviceConfig, Order, PointConfig
+from drivers.modbus.config import DeviceConfig, Order, PointConfig, RangeConfig
+from drivers.modbus.ranges import expand
 
 __all__ = ["ProfileConfig", "available", "load_profile", "resolve_points"]
 
@@ -33,6 +36,8 @@ class ProfileConfig:
     byte_order: Order = option("big", doc="default for every point")
     word_order: Order = option("big", doc="default for every point")
     points: list[PointConfig] = option(factory=list, doc="the register map")
+    ranges: list[RangeConfig] = option(factory=list, doc="blocks of consecutive points of "
+                                       "one type")
 
 
 def available() -> list[str]:
@@ -81,21 +86,30 @@ def _problem(p: PointConfig, table: str, kind: str) -> tuple[str, str] | None:
     """The first thing wrong with a merged point, as (relative key, message)."""
     bits = table in BIT_TABLES
     need = p.count if kind == "string" else REGISTERS[kind]
-    last = (p.address or 0) + (need or 1) - 1
-    checks = [
-        (p.address is None, "address", "missing required key; expected an integer"),
-        (bits and kind != "bit", "type", f"expected bit for table {table}; got {kind}"),
-        (kind == "bit" and not bits and p.bit is None, "bit",
-         "missing required key for type bit; expected 0-15"),
-        (p.bit is not None and (bits or kind != "bit"), "bit",
-         "only for type bit in a holding or input register"),
-        (need is None, "count", "missing required key for type string; expected registers"),
-        (p.count is not None and p.count != need, "count",
-         f"type {kind} takes {need} register{'s' * ((need or 0) > 1)}; got count {p.count}"),
-        (last > 65535, "address", f"{table} {p.address}..{last} ends past 65535"),
-        (p.scale == 0, "scale", "expected a non-zero number; got 0.0"),
-    ]
-    return next(((key, message) for failed, key, message in checks if failed), None)
+    if p.address is None:
+        return "address", "missing required key; expected an integer"
+    if bits and kind != "bit":
+        return "type", f"expected bit for table {table}; got {kind}"
+    if kind == "bit" and not bits and p.bit is None:
+        return "bit", "missing required key for type bit; expected 0-15"
+    if p.bit is not None and (bits or kind != "bit"):
+        return "bit", "only for type bit in a holding or input register"
+    return _size_problem(p, table, kind, need)
+
+
+def _size_problem(p: PointConfig, table: str, kind: str, need: int | None,
+                  ) -> tuple[str, str] | None:
+    if need is None:
+        return "count", "missing required key for type string; expected registers"
+    if p.count is not None and p.count != need:
+        return "count", (f"type {kind} takes {need} register{'s' * (need > 1)}; "
+                         f"got count {p.count}")
+    last = (p.address or 0) + need - 1
+    if last > 65535:
+        return "address", f"{table} {p.address}..{last} ends past 65535"
+    if p.scale == 0:
+        return "scale", "expected a non-zero number; got 0.0"
+    return None
 
 
 def _spec(p: PointConfig, order: tuple[Order, Order]) -> tuple[PointSpec | None, str, str]:
@@ -125,19 +139,55 @@ def _overlaps(specs: list[tuple[str, PointSpec]]) -> list[tuple[str, str]]:
                 break
             if (q.address, q.count, q.type) == (p.address, p.count, p.type):
                 continue
+            this = f'point "{p.name}"' if "ranges[" in key else "this one"
             issues.append((key, (f'overlaps point "{q.name}" ({q.table} {q.address}..'
                                  f"{q.end - 1}, {q.type}) with a different type or range; "
-                                 f"this one is {p.table} {p.address}..{p.end - 1}, {p.type}")))
+                                 f"{this} is {p.table} {p.address}..{p.end - 1}, {p.type}")))
     return issues
 
 
+def _from_ranges(ranges: list[RangeConfig], where: str,
+                 merged: dict[str, tuple[str, PointConfig]]) -> list[tuple[str, str]]:
+    """Add the ranges' points to ``merged``; a name already there is an issue."""
+    issues: list[tuple[str, str]] = []
+    for k, rng in enumerate(ranges):
+        key = f"{where}ranges[{k}]"
+        for p in expand(rng):
+            if p.name in merged:
+                issues.append(_issue(key, "name", f'makes point "{p.name}", a name '
+                                                  f"{_owner(merged[p.name][0])} has already"))
+                break
+            merged[p.name] = (key, p)
+    return issues
+
+
+def _owner(key: str) -> str:
+    if key.startswith("profile."):
+        name, _, where = key.removeprefix("profile.").partition(" ")
+        return f"{where} of profile {name}"
+    return key
+
+
 def resolve_points(dev: DeviceConfig) -> tuple[list[PointSpec], list[tuple[str, str]]]:
-    """The device's resolved points, and the issues (relative key, message) found."""
+    """The device's resolved points, and the issues (relative key, message) found.
+
+    Kept on the (frozen) device config: the config's validation and the driver both ask.
+    """
+    cached = dev.__dict__.get("_resolved")
+    if cached is None:
+        cached = _resolve(dev)
+        object.__setattr__(dev, "_resolved", cached)
+    return list(cached[0]), list(cached[1])
+
+
+def _resolve(dev: DeviceConfig) -> tuple[list[PointSpec], list[tuple[str, str]]]:
     profile, issues = _profile_points(dev)
     merged: dict[str, tuple[str, PointConfig]] = {}
     if profile is not None:
         for j, p in enumerate(profile.points):
             merged[p.name] = (f"profile.{dev.profile} points[{j}]", p)
+        issues += _from_ranges(profile.ranges, f"profile.{dev.profile} ", merged)
+    issues += _from_ranges(dev.ranges, "", merged)
     for i, p in enumerate(dev.points):
         if p.name in merged:
             merged[p.name] = (f"points[{i}]", _merge(merged[p.name][1], p))
@@ -145,22 +195,38 @@ def resolve_points(dev: DeviceConfig) -> tuple[list[PointSpec], list[tuple[str, 
             merged[p.name] = (f"points[{i}]", p)
     order = (dev.byte_order or (profile.byte_order if profile else "big"),
              dev.word_order or (profile.word_order if profile else "big"))
+    specs = _specs(dev, merged, order, issues)
+    if not specs and not issues:
+        issues.append(("points", "expected at least one point (profile or points); got none"))
+    return [s for _k, s in specs], issues
+
+
+def _specs(dev: DeviceConfig, merged: dict[str, tuple[str, PointConfig]],
+           order: tuple[Order, Order], issues: list[tuple[str, str]],
+           ) -> list[tuple[str, PointSpec]]:
+    """The enabled points resolved; their problems appended to ``issues``, one per key."""
     specs: list[tuple[str, PointSpec]] = []
+    reported: set[str] = set()
     for key, p in merged.values():
         if not p.enabled:
             continue
         spec, sub, message = _spec(p, order)
         if spec is None:
-            issues.append(_issue(key, sub, message))
+            problem = _issue(key, sub, message)
         elif spec.count > min(dev.max_block, MAX_READ[spec.table]):
-            issues.append(_issue(key, "count", f"{spec.count} registers exceed max_block "
-                                               f"{dev.max_block}"))
+            problem = _issue(key, "count", f"{spec.count} registers exceed max_block "
+                                           f"{dev.max_block}")
         else:
             specs.append((key, spec))
-    issues += [_issue(k, "", m) for k, m in _overlaps(specs)]
-    if not specs and not issues:
-        issues.append(("points", "expected at least one point (profile or points); got none"))
-    return [s for _k, s in specs], issues
+            continue
+        if key not in reported:  # a range's points share their key: one issue each
+            issues.append(problem)
+            reported.add(key)
+    for key, message in _overlaps(specs):
+        if "ranges[" not in key or key not in reported:
+            issues.append(_issue(key, "", message))
+            reported.add(key)
+    return specs
 
 
 def _issue(key: str, sub: str, message: str) -> tuple[str, str]:
