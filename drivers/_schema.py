@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -257,8 +258,7 @@ class _Walker:
         return value
 
     def table(self, cls: type[T], data: Mapping[str, Any], path: str) -> T | None:
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        hints, fields = _shape(cls)  # type: ignore[arg-type]  # classes hash by identity
         kwargs: dict[str, Any] = {}
         for key in data:
             if key not in fields:
@@ -292,6 +292,15 @@ def _fmt_bound(value: Any, bound: float) -> str:
     if isinstance(value, ByteSize):
         return str(int(bound))
     return repr(bound)
+
+
+@functools.cache
+def _shape(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A schema's resolved type hints and init fields: resolving the hints evaluates every
+    annotation, and a config of thousands of tables (register maps) asked for them per table."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    return hints, fields
 
 
 def _join(path: str, key: str) -> str:
