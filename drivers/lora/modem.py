@@ -254,8 +254,11 @@ class LoraModemDriver(Driver[ModemConfig]):
             await self._line(link, line)
 
     async def _next(self, timeout: float) -> str | None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+        # that arrives as a line does, and the driver would not stop (CPython gh-86296).
         try:
-            line = await asyncio.wait_for(self._lines.get(), timeout)
+            async with asyncio.timeout(timeout):
+                line = await self._lines.get()
         except TimeoutError:
             return None
         if line == _RESET:
