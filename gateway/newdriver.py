@@ -119,13 +119,14 @@ class ${Cls}Driver(Driver[${Cls}Config]):
         cfg = self.config
         async with self._line:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(cfg.host, cfg.port), cfg.timeout)
+                async with asyncio.timeout(cfg.timeout):
+                    reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
             except (OSError, TimeoutError) as exc:
                 raise WriteError("unavailable", f"{cfg.host}:{cfg.port}: {exc}") from exc
             try:
                 writer.write(f"SET fan={int(value)}\\n".encode())
-                line = await asyncio.wait_for(reader.readline(), cfg.timeout)
+                async with asyncio.timeout(cfg.timeout):
+                    line = await reader.readline()
             except (OSError, TimeoutError) as exc:
                 raise WriteError("timeout", f"no answer to SET: {exc}") from exc
             finally:
@@ -146,12 +147,15 @@ class ${Cls}Driver(Driver[${Cls}Config]):
         try:
             async for _tick in Poller(cfg.interval):
                 try:
+                    # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can lose a
+                    # cancellation that arrives with the answer, and the driver would not stop.
                     if conn is None:
-                        conn = await asyncio.wait_for(
-                            asyncio.open_connection(cfg.host, cfg.port), cfg.timeout)
+                        async with asyncio.timeout(cfg.timeout):
+                            conn = await asyncio.open_connection(cfg.host, cfg.port)
                     async with self._line:
                         conn[1].write(b"READ\\n")
-                        line = await asyncio.wait_for(conn[0].readline(), cfg.timeout)
+                        async with asyncio.timeout(cfg.timeout):
+                            line = await conn[0].readline()
                     if not line:
                         raise ConnectionError("device closed the connection")
                     values = parse(line)
