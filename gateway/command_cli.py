@@ -111,7 +111,9 @@ def send_command(cmd: Command, key: Any, *, host: str, port: int, prefix: str = 
             except queue.Empty:
                 continue
             res = _result(payload, gateway_keys)
-            if res is None or res.id != cmd.id or res.ref != ref:
+            # The ref names this exact message; a message the gateway could not verify is
+            # answered with id "?" (its id is not trusted either).
+            if res is None or res.ref != ref or res.id not in (cmd.id, "?"):
                 continue
             seen.append(res)
             if res.final:

@@ -25,6 +25,11 @@ def test_demo_json_summary_and_saved_batches_verify(tmp_path: Path) -> None:
     assert summary["produced"] == summary["verified"] > 1000
     assert summary["delivered"] >= summary["verified"]
     assert summary["wire_bytes_per_reading"] < 8
+    # The light switched on and off by signed command, read back; the forged one refused.
+    on, off, forged = summary["commands"]
+    assert on.endswith("done, the light reads back 100"), on
+    assert off.endswith("done, the light reads back 0"), off
+    assert "rejected (unknown-key" in forged, forged
     files = sorted(p for p in saved.iterdir() if p.suffix == ".cose")
     assert (saved / "public.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     assert len(files) >= 5
