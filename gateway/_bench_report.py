@@ -14,7 +14,6 @@ wire, and bytes the daemon wrote to storage (``/proc/<pid>/io`` ``write_bytes``)
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.batch import decode_batch
-from gateway.broker import Mosquitto
-from gateway.cose import open1
+from gateway.broker import Mosquitto, free_port
+from gateway.cose import kid_for, open1
 
 __all__ = ["report_savings"]
 
@@ -73,12 +72,6 @@ bus = {{ kind = "tcp", host = "127.0.0.1", port = {port} }}
 {devices}"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(work: Path, broker: Mosquitto, name: str, drivers: str, rules: str, *,
          seconds: float) -> dict[str, float]:
     from gateway.bench import _Proc, _start  # noqa: PLC0415
@@ -87,8 +80,6 @@ def _run(work: Path, broker: Mosquitto, name: str, drivers: str, rules: str, *,
 
     state = work / name
     key = load_or_create_signing_key(state / "keys" / "signing.key").public_key()
-    from gateway.cose import kid_for  # noqa: PLC0415
-
     keys = {kid_for(key): key}
     conf = work / f"{name}.toml"
     conf.write_text(f'[gateway]\nid = "cab-{name}"\nstate_dir = "{state}"\nlog_level = '
@@ -128,7 +119,7 @@ def report_savings(seconds: float = 15.0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="streetgate-bench-report-") as tmp:
         work = Path(tmp)
-        port = _free_port()
+        port = free_port()
         sim = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "gateway", "sim", "modbus", "--tcp", str(port),
              *[a for u in range(1, 11) for a in ("--device", f"{u}:energy-meter-3ph")]],

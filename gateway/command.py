@@ -35,12 +35,15 @@ __all__ = [
     "Command",
     "CommandFormatError",
     "Result",
+    "VerifyError",
     "decode_command",
     "decode_result",
     "encode_command",
     "encode_result",
     "open_command",
+    "open_result",
     "sign_command",
+    "signature_ref",
 ]
 
 VERSION = 1
@@ -276,5 +279,3 @@ def open_result(message: bytes, keys: Mapping[bytes, Ed25519PublicKey]) -> Resul
     _kid, payload = open1(message, keys)
     return decode_result(payload)
 
-
-__all__ += ["VerifyError", "open_result", "signature_ref"]

@@ -38,7 +38,6 @@ from gateway.command import (
     CommandFormatError,
     Result,
     decode_command,
-    decode_result,
     encode_result,
     open_command,
     signature_ref,
@@ -157,9 +156,6 @@ class Commander:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def pending(self) -> list[dict[str, Any]]:
-        return [{"id": cid} for cid in self._running]
-
     def status(self) -> dict[str, Any]:
         return {**self.counters, "pending": sorted(self._running), "recent": list(self.recent)}
 
@@ -226,8 +222,7 @@ class Commander:
             return
         if cmd.config is not None:
             self._kids[cmd.id] = kid
-        self._result(Result(self.h.gateway_id, cmd.id, "accepted", now, ref, point=target[0]),
-                     store=False)
+        self._answer(Result(self.h.gateway_id, cmd.id, "accepted", now, ref, point=target[0]))
         self._perform_later(cmd, ref)
 
     async def _refuse_untrusted(self, ref: bytes, reason: str, detail: str) -> None:
@@ -238,8 +233,8 @@ class Commander:
         self.counters["rejected"] += 1
         _log.warning("command %s refused: %s", cid, detail)
         self._note(cid, "rejected", reason, None)
-        self._result(Result(self.h.gateway_id, cid, "rejected", self.h.now_ms(), ref,
-                            reason=reason, detail=detail), store=False)
+        self._answer(Result(self.h.gateway_id, cid, "rejected", self.h.now_ms(), ref,
+                            reason=reason, detail=detail))
 
     async def _again(self, cmd: Command, ref: bytes, known: CommandRow | None = None) -> None:
         known = known or await self._io(self.log.get, cmd.id)
@@ -250,9 +245,9 @@ class Commander:
             self.counters["replayed"] += 1
             _log.warning("command %s refused: its id was used before by another command",
                          cmd.id)
-            self._result(Result(self.h.gateway_id, cmd.id, "rejected", self.h.now_ms(), ref,
+            self._answer(Result(self.h.gateway_id, cmd.id, "rejected", self.h.now_ms(), ref,
                                 point=cmd.point, reason="replayed",
-                                detail="this command id was used before"), store=False)
+                                detail="this command id was used before"))
             return
         self.counters["redelivered"] += 1
         _log.info("command %s seen before (redelivered or replayed): not performed again",
@@ -436,7 +431,7 @@ class Commander:
             await self._finish(cmd.id, ref, "expired", reason="expired",
                                detail="expired before it could be applied")
             return
-        ok, detail = await self.h.apply_config(cmd.config, self._kids.get(cmd.id, b""))
+        ok, detail = await self.h.apply_config(cmd.config, self._kids.pop(cmd.id, b""))
         if not ok:
             await self._finish(cmd.id, ref, "rejected", reason="invalid-config", detail=detail)
             return
@@ -487,8 +482,9 @@ class Commander:
         key, kid = self.h.key()  # the one batches use now (SIGHUP may have rotated it)
         return sign1(encode_result(res), key, kid)
 
-    def _result(self, res: Result, *, store: bool) -> None:
-        assert not store  # noqa: S101 - stored results go through _finish
+    def _answer(self, res: Result) -> None:
+        """Publish a result that is not stored: progress (accepted), or the answer to a
+        message that cannot be trusted or reuses an id. Final results go through _finish."""
         self.h.publish(self._sign(res), lambda: None)
 
     def _send(self, cid: str, signed: bytes) -> None:
@@ -569,7 +565,3 @@ def _check_value(rule: WritableConfig, value: Value) -> None:
             raise _RefusedError("out-of-range", f"{value!r} is not on the step {rule.step:g} from "
                            f"{rule.min or 0:g}")
 
-
-def result_of(signed: bytes) -> Result:
-    """The result inside a signed result (no signature check: for our own stored ones)."""
-    return decode_result(_payload(signed))

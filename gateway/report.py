@@ -57,7 +57,6 @@ class ReportFilter:
     def __init__(self, rules: Sequence[ReportRule]) -> None:
         self.rules = list(rules)
         self._points: dict[str, _State] = {}
-        self._units: dict[str, str | None] = {}
         self._beats: dict[str, int] = {}
         self._returned: Unchanged | None = None
         self._lock = threading.Lock()
@@ -94,7 +93,6 @@ class ReportFilter:
                     continue
                 if not st.held:
                     st.held_first = r[1]
-                    self._units[point] = r[4]
                 st.held += 1
                 st.held_last = r[1]
                 st.last_held = r
